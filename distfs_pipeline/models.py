@@ -362,6 +362,6 @@ class VerifyOptions(_Record):
     """
 
     mode: str = "chunked"
-    chunk_size_bytes: int = 64 * 1024
+    chunk_size_bytes: int = 16 * 1024
     cache_dir: str | None = None
     full_verify_every: int = 0

@@ -1,0 +1,202 @@
+"""Check cost must follow the sample, not the blob (SPEC section 0, "I/O follows the sample").
+
+Prints figures and ratios; asserts nothing (timings belong here, not in tests).
+
+1. Blob size: the same rounds (one check each, same 64 KiB sample) on a store of 16 MiB blobs and on
+   a store of 64 KiB blobs. Chunked mode should cost about the same on both (target <= 1.5x); full
+   mode (upstream's design: the whole blob is read and hashed at issue and again at answer) costs
+   in proportion to the blob (expect ~250x).
+2. Overhead: the per-check cost of `run_check` in chunked mode against a bare loop that opens the
+   same files, reads the same windows and BLAKE3-hashes them (aim <= 3x).
+3. Store size (100,000-blob rounds) is measured by `benchmarks/bench_rounds.py`.
+
+All runs are warm: the files are in the page cache and the chunk cache is built before timing.
+Stores are built once under /tmp/distfs-bench-core (override with DISTFS_BENCH_DIR).
+Run: `python benchmarks/bench_core.py` (about a minute on 2 cores; `--quick` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distfs_pipeline.challenge import SampleReader, issue_storage_challenge, run_check, scheduled_probe_ids
+from distfs_pipeline.chunks import make_reader
+from distfs_pipeline.models import StorageChallengeRequest, VerifyOptions
+from distfs_pipeline.store import LocalCasStore
+
+BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench-core"))
+MIB, KIB = 1 << 20, 1 << 10
+SAMPLE = 64 * KIB
+WORLD, NODE, START_MS, TICK_MS, TTL_MS = "bench-world", "bench-node", 1_700_000_000_000, 1_000, 30_000
+
+
+def blob_bytes(index: int, size: int) -> bytes:
+    """Unique, incompressible-enough content: a seeded BLAKE3 XOF stream."""
+    return blake3.blake3(b"distfs-bench-%d-%d" % (index, size)).digest(length=size)
+
+
+def cached_store(count: int, size: int) -> tuple[LocalCasStore, list[str]]:
+    """Build `count` blobs of `size` bytes once; a marker beside the store says it is complete."""
+    root = BENCH_ROOT / f"store-{count}x{size}"
+    done = BENCH_ROOT / f"store-{count}x{size}.done"
+    store = LocalCasStore(root)
+    if not done.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        started = time.perf_counter()
+        for index in range(count):
+            store.put_bytes(blob_bytes(index, size))
+        done.write_text(f"{count} {size}\n")
+        print(f"  built {count} x {size // KIB} KiB blobs in {time.perf_counter() - started:.1f}s: {root}")
+    return store, list(store.candidates())
+
+
+def requests(hashes: list[str], rounds: int) -> list[StorageChallengeRequest]:
+    """The scheduled requests of `rounds` one-check rounds walking the store with the cursor."""
+    out = []
+    for cursor in range(rounds):
+        observed = START_MS + cursor * TICK_MS
+        content_hash = hashes[cursor % len(hashes)]
+        challenge_id, seed = scheduled_probe_ids(WORLD, NODE, observed, cursor, 0, content_hash)
+        out.append(
+            StorageChallengeRequest(challenge_id, WORLD, NODE, content_hash, SAMPLE, observed, TTL_MS, seed)
+        )
+    return out
+
+
+def best_of(repeats: int, run: Callable[[], None]) -> float:
+    """Best wall time of `repeats` runs: the machine is shared, the minimum is the least noisy."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def run_rounds(reader: SampleReader, batch: list[StorageChallengeRequest]) -> None:
+    for request in batch:
+        if not run_check(reader, request, request.issued_at_unix_ms, 5_000).passed:
+            raise SystemExit(f"benchmark store is damaged: {request.content_hash}")
+
+
+def reader_for(store: LocalCasStore, mode: str, cache: Path, chunk: int = 64 * KIB) -> SampleReader:
+    reader = make_reader(store, VerifyOptions(mode=mode, chunk_size_bytes=chunk, cache_dir=str(cache)))
+    for content_hash in store.candidates():  # warm: page cache and chunk cache
+        run_rounds(reader, requests([content_hash], 1))
+    return reader
+
+
+def per_check_us(
+    store: LocalCasStore, mode: str, cache: Path, batch: list[StorageChallengeRequest], chunk: int
+) -> float:
+    reader = reader_for(store, mode, cache, chunk)
+    return best_of(3, lambda: run_rounds(reader, batch)) / len(batch) * 1e6
+
+
+# ---------------------------------------------------------------------- 1. blob size
+
+# (mode, chunk size, target); 64 KiB chunks are the configured default.
+BLOB_SIZE_CASES = (
+    ("chunked", 64 * KIB, "<= 1.5x"),
+    ("chunked", 16 * KIB, "<= 1.5x"),
+    ("full", 64 * KIB, "~250x"),
+)
+
+
+def bench_blob_size(args: argparse.Namespace, cache: Path) -> None:
+    print(f"\n1. Same rounds, same {SAMPLE // KIB} KiB sample: 16 MiB blobs vs 64 KiB blobs (per check)")
+    big, big_hashes = cached_store(args.big_blobs, 16 * MIB)
+    small, small_hashes = cached_store(args.big_blobs, 64 * KIB)
+    print(
+        f"  {'mode':8} {'chunk':>6} {'rounds':>7} {'64 KiB blobs':>14} {'16 MiB blobs':>14}"
+        f" {'ratio':>8}  target"
+    )
+    for mode, chunk, target in BLOB_SIZE_CASES:
+        rounds = args.rounds if mode == "chunked" else args.full_rounds
+        tag = f"{mode}-{chunk}"
+        small_us = per_check_us(small, mode, cache / f"small-{tag}", requests(small_hashes, rounds), chunk)
+        big_us = per_check_us(big, mode, cache / f"big-{tag}", requests(big_hashes, rounds), chunk)
+        chunk_text = f"{chunk // KIB} KiB" if mode == "chunked" else "-"
+        print(
+            f"  {mode:8} {chunk_text:>6} {rounds:>7} {small_us:>11.1f} us {big_us:>11.1f} us "
+            f"{big_us / small_us:>7.2f}x  {target}"
+        )
+
+
+# ---------------------------------------------------------------------- 2. overhead
+
+
+def bare_loop(store: LocalCasStore, windows: list[tuple[str, int, int]]) -> None:
+    """The floor: open, read the window, BLAKE3 it, close. No verification, no protocol."""
+    for content_hash, offset, size in windows:
+        fd = os.open(store.blob_file(content_hash), os.O_RDONLY)
+        try:
+            blake3.blake3(os.pread(fd, size, offset)).hexdigest()
+        finally:
+            os.close(fd)
+
+
+OVERHEAD_CASES = (
+    ("16 MiB", 16 * MIB, 64 * KIB),
+    ("16 MiB", 16 * MIB, 16 * KIB),
+    ("64 KiB", 64 * KIB, 64 * KIB),
+)
+
+
+def bench_overhead(args: argparse.Namespace, cache: Path) -> None:
+    """A 64 KiB window at a random offset spans two 64 KiB chunks, so the chunked check reads 128 KiB
+    and hashes 192 KiB (both chunks, then the sample) where the bare loop reads and hashes 64 KiB:
+    about 2.5x before any Python. Smaller chunks lower that floor (at the cost of more digests)."""
+    print("\n2. Per-check cost of run_check (chunked, warm) vs a bare open/read/hash of the same window")
+    for label, size, chunk in OVERHEAD_CASES:
+        store, hashes = cached_store(args.big_blobs, size)
+        batch = requests(hashes, args.rounds)
+        reader = reader_for(store, "chunked", cache / f"overhead-{size}-{chunk}", chunk)
+        windows = []
+        for request in batch:
+            challenge = issue_storage_challenge(reader, request)
+            windows.append((request.content_hash, challenge.sample_offset, challenge.sample_size_bytes))
+        check = best_of(3, lambda r=reader, b=batch: run_rounds(r, b)) / len(batch) * 1e6
+        bare = best_of(3, lambda s=store, w=windows: bare_loop(s, w)) / len(windows) * 1e6
+        print(
+            f"  {label} blobs, {chunk // KIB:>2} KiB chunks: run_check {check:5.1f} us, "
+            f"bare {bare:5.1f} us, ratio {check / bare:.2f}x (aim <= 3x)"
+        )
+
+
+# ---------------------------------------------------------------------- 3. store size (slot)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--big-blobs", type=int, default=24, help="blobs per store (default 24)")
+    parser.add_argument("--rounds", type=int, default=2_000, help="rounds in chunked mode (default 2000)")
+    parser.add_argument("--full-rounds", type=int, default=72, help="rounds in full mode (default 72)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 blobs, few rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.big_blobs, args.rounds, args.full_rounds = 4, 200, 8
+    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="chunk-cache-", dir=BENCH_ROOT) as cache_dir:
+        cache = Path(cache_dir)
+        bench_blob_size(args, cache)
+        bench_overhead(args, cache)
+    print(f"\ntotal {time.perf_counter() - started:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""One scheduled audit round: backoff skip, candidates, checks, then `scheduler.advance`.
+
+The auditor is the thin I/O shell around the pure scheduler (SPEC 2.10,
+`probe_storage_challenges_with_policy`). It owns no clock and no persistence: the runner passes the
+observed time and the current state in, and gets a report and a *new* state back.
+
+Deliberate difference from upstream (SPEC section 0, fail closed): when listing the candidates
+fails, upstream returns an error and leaves the state untouched, and its runtime then credits the
+node 1/1. Here the round still happens and is counted as one failed check with the classified
+reason (`report.error` keeps the message), so the failure streak and backoff apply, cumulative
+counts show it, and the round log records it. Only the cursor is kept, because without a listing
+there is no candidate count to advance it against; the next good round resumes where this one
+would have started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from . import scheduler
+from .challenge import classify_world_error_reason, record_outcome, run_check, scheduled_probe_ids
+from .chunks import make_reader
+from .errors import DistributedValidationFailed, WorldError
+from .models import (
+    AdaptivePolicy,
+    CursorState,
+    ProbeConfig,
+    RoundReport,
+    StorageChallengeRequest,
+    VerifyOptions,
+)
+from .store import LocalCasStore
+
+
+def _no_delay(_content_hash: str) -> int:
+    return 0
+
+
+def _require_non_empty(value: str, field: str) -> None:
+    if not value.strip():
+        raise DistributedValidationFailed(f"probe field {field} cannot be empty")
+
+
+class Auditor:
+    """Runs scheduled storage-challenge rounds against one store for one (world, node)."""
+
+    def __init__(
+        self,
+        store: LocalCasStore,
+        *,
+        world_id: str,
+        node_id: str,
+        probe: ProbeConfig,
+        policy: AdaptivePolicy,
+        verify: VerifyOptions = VerifyOptions(),  # noqa: B008 - frozen dataclass, safe as a default
+        response_delay_ms: Callable[[str], int] | None = None,
+    ) -> None:
+        """Validate everything up front (upstream's order), so no round can run with bad settings.
+
+        Raises DistributedValidationFailed: the probe config, then the policy, then the ids.
+        """
+        scheduler.validate_probe_config(probe)
+        scheduler.validate_policy(policy)
+        _require_non_empty(world_id, "world_id")
+        _require_non_empty(node_id, "node_id")
+        self.store = store
+        self.world_id = world_id
+        self.node_id = node_id
+        self.probe = probe
+        self.policy = policy
+        self.verify = verify
+        self._delay = response_delay_ms or _no_delay
+        self._reader = make_reader(store, verify)
+
+    def run_round(self, state: CursorState, observed_ms: int) -> tuple[RoundReport, CursorState]:
+        """Run (or skip, during backoff) one round at `observed_ms`; `state` is never mutated.
+
+        The returned report's `round_index` equals the new state's `rounds_executed`.
+        """
+        skipped = scheduler.skip_for_backoff(state, observed_ms)
+        if skipped is not None:
+            report = self._empty_report(observed_ms)
+            report.skipped_by_backoff = True
+            report.round_index = skipped.rounds_executed
+            return report, skipped
+        try:
+            hashes = self.store.candidates()
+        except WorldError as err:
+            return self._listing_failed(state, observed_ms, err)
+        report = self._empty_report(observed_ms)
+        self._run_checks(state, report, hashes)
+        return self._finish(state, report, len(hashes))
+
+    def _empty_report(self, observed_ms: int) -> RoundReport:
+        return RoundReport(node_id=self.node_id, world_id=self.world_id, observed_at_unix_ms=observed_ms)
+
+    def _run_checks(self, state: CursorState, report: RoundReport, hashes: Sequence[str]) -> None:
+        """Check `min(per_tick, max_checks, n)` candidates from the cursor on, wrapping around.
+
+        O(checks): only the scheduled entries of `hashes` are touched.
+        """
+        n = len(hashes)
+        if n == 0:
+            return
+        checks = min(self.probe.challenges_per_tick, self.policy.max_checks_per_round, n)
+        start = state.next_blob_cursor % n
+        for index in range(checks):
+            content_hash = hashes[(start + index) % n]
+            request = self._request(state.next_blob_cursor, index, content_hash, report.observed_at_unix_ms)
+            responded_at = report.observed_at_unix_ms + self._delay(content_hash)
+            outcome = run_check(self._reader, request, responded_at, self.probe.allowed_clock_skew_ms)
+            record_outcome(report, outcome)
+
+    def _request(
+        self, cursor: int, index: int, content_hash: str, observed_ms: int
+    ) -> StorageChallengeRequest:
+        """The scheduled request; ids use the raw (pre-modulo) cursor, as upstream does."""
+        challenge_id, vrf_seed = scheduled_probe_ids(
+            self.world_id, self.node_id, observed_ms, cursor, index, content_hash
+        )
+        return StorageChallengeRequest(
+            challenge_id=challenge_id,
+            world_id=self.world_id,
+            node_id=self.node_id,
+            content_hash=content_hash,
+            max_sample_bytes=self.probe.max_sample_bytes,
+            issued_at_unix_ms=observed_ms,
+            challenge_ttl_ms=self.probe.challenge_ttl_ms,
+            vrf_seed=vrf_seed,
+        )
+
+    def _listing_failed(
+        self, state: CursorState, observed_ms: int, err: WorldError
+    ) -> tuple[RoundReport, CursorState]:
+        """Count a failed listing as one failed check (fail closed); keep the cursor (see module doc)."""
+        reason = classify_world_error_reason(err).value
+        report = self._empty_report(observed_ms)
+        report.total_checks = report.failed_checks = 1
+        report.failure_reasons = {reason: 1}
+        report.error = f"list audit candidates failed: {err}"
+        report, new_state = self._finish(state, report, 0)
+        return report, dataclasses.replace(new_state, next_blob_cursor=state.next_blob_cursor)
+
+    def _finish(
+        self, state: CursorState, report: RoundReport, blob_count: int
+    ) -> tuple[RoundReport, CursorState]:
+        new_state, decision = scheduler.advance(state, report, self.policy, blob_count)
+        report.blob_count = blob_count
+        report.backoff = decision
+        report.round_index = new_state.rounds_executed
+        return report, new_state

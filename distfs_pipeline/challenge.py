@@ -1,0 +1,571 @@
+"""Storage challenges (SPEC 2.3-2.9): issue, answer, verify, classify, and one check.
+
+Messages, error classes and check order are upstream's (`oasis7_distfs/src/challenge.rs`),
+because round logs, classifications and the quirks built on them ("sample window out of bounds"
+classifies as TIMEOUT) must match. What is ours:
+
+- issue and answer read through a `SampleReader` (see `chunks`), so the upstream whole-blob mode
+  and our sample-proportional mode share this one code path;
+- `run_check` never raises: every error becomes a classified, counted failure with its text;
+- the stateless probe audits `store.candidates()` (our index when the store has one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import blake3
+
+from .errors import (
+    BlobHashInvalid,
+    BlobHashMismatch,
+    BlobNotFound,
+    DistributedValidationFailed,
+    Io,
+    SignatureKeyInvalid,
+    WorldError,
+)
+from .models import (
+    I64_MAX,
+    I64_MIN,
+    PROOF_KIND_CHUNK_HASH_V1,
+    STORAGE_CHALLENGE_VERSION,
+    U32_MAX,
+    U64_MAX,
+    CheckFailure,
+    FailureReason,
+    NodeStorageChallengeStats,
+    ProbeConfig,
+    RoundReport,
+    SampleSource,
+    StorageChallenge,
+    StorageChallengeProofSemantics,
+    StorageChallengeReceipt,
+    StorageChallengeRequest,
+)
+from .store import blake3_hex, validate_hash
+
+if TYPE_CHECKING:
+    from .store import LocalCasStore
+
+USIZE_MAX = U64_MAX  # upstream runs on 64-bit targets
+
+
+class SampleReader(Protocol):
+    """How a check reads verified sample bytes (implemented in `chunks`).
+
+    `read_window` is our addition to the contract: answering must read the challenge's own
+    window (as upstream's `extract_sample_slice` does), not re-derive one.
+    """
+
+    def blob_len(self, content_hash: str) -> int: ...
+
+    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
+        """(offset, size, verified bytes) of the deterministic window (SPEC 2.4)."""
+        ...
+
+    def read_window(self, content_hash: str, offset: int, size: int) -> bytes:
+        """Verified bytes of an explicit window, with upstream's window errors."""
+        ...
+
+
+class _SampleHashMemo:
+    """BLAKE3 of the last sample object hashed.
+
+    A reader may hand the answer the very bytes object it verified for the issue (see `chunks`);
+    bytes are immutable, so that object's hash is computed once. An identity test, not equality:
+    any other object is hashed afresh.
+    """
+
+    __slots__ = ("digest", "sample")
+
+    def __init__(self) -> None:
+        self.sample: bytes | None = None
+        self.digest = ""
+
+    def hex(self, sample: bytes) -> str:
+        if sample is not self.sample:
+            self.sample, self.digest = sample, blake3_hex(sample)
+        return self.digest
+
+
+_SAMPLE_HASHES = _SampleHashMemo()
+
+
+# ---------------------------------------------------------------------- sample window (2.4)
+
+
+def _u64_le_prefix(data: bytes) -> int:
+    return int.from_bytes(blake3.blake3(data).digest()[:8], "little")
+
+
+def deterministic_offset(content_hash: str, vrf_seed: str, blob_len: int, sample_size: int) -> int:
+    """0 when the sample covers the blob, else BLAKE3(hash ":" seed)[0..8] LE mod (len - size + 1)."""
+    if blob_len <= sample_size:
+        return 0
+    material = content_hash.encode() + b":" + vrf_seed.encode()
+    return _u64_le_prefix(material) % (blob_len - sample_size + 1)
+
+
+def check_window(offset: int, size: int, blob_len: int) -> int:
+    """Upstream `extract_sample_slice` bounds checks; returns the window end.
+
+    Negative or oversized sizes cannot exist in Rust (u32); here they get the overflow message.
+    """
+    if not 0 <= offset <= USIZE_MAX:
+        raise DistributedValidationFailed(f"sample_offset overflow: {offset}")
+    end = offset + size
+    if not 0 <= size <= U32_MAX or end > USIZE_MAX:
+        raise DistributedValidationFailed(f"sample window overflow: offset={offset} size={size}")
+    if end > blob_len:
+        raise DistributedValidationFailed(
+            f"sample window out of bounds: offset={offset} size={size} blob_len={blob_len}"
+        )
+    return end
+
+
+def extract_sample_slice(blob: bytes, offset: int, size: int) -> bytes:
+    """`blob[offset:offset+size]` after `check_window`."""
+    end = check_window(offset, size, len(blob))
+    return blob[offset:end]
+
+
+def sample_window(content_hash: str, vrf_seed: str, blob_len: int, max_sample_bytes: int) -> tuple[int, int]:
+    """(offset, size) of the deterministic sample of a blob of `blob_len` bytes (SPEC 2.4)."""
+    if max_sample_bytes < 1:
+        raise DistributedValidationFailed("max_sample_bytes must be >= 1")
+    size = min(blob_len, max_sample_bytes)
+    if size > U32_MAX:
+        raise DistributedValidationFailed(
+            f"sample size conversion overflow: blob_len={blob_len} sample_size={size}"
+        )
+    offset = deterministic_offset(content_hash, vrf_seed, blob_len, size)
+    check_window(offset, size, blob_len)
+    return offset, size
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _non_empty(value: str, name: str) -> None:
+    if not value.strip():
+        raise DistributedValidationFailed(f"storage challenge field {name} cannot be empty")
+
+
+def validate_request(request: StorageChallengeRequest) -> None:
+    """SPEC 2.3 step 1, in upstream order."""
+    _non_empty(request.challenge_id, "challenge_id")
+    _non_empty(request.world_id, "world_id")
+    _non_empty(request.node_id, "node_id")
+    _non_empty(request.vrf_seed, "vrf_seed")
+    validate_hash(request.content_hash)
+    if request.max_sample_bytes < 1:
+        raise DistributedValidationFailed("max_sample_bytes must be >= 1")
+    if request.challenge_ttl_ms <= 0:
+        raise DistributedValidationFailed("challenge_ttl_ms must be > 0")
+
+
+def validate_challenge(challenge: StorageChallenge) -> None:
+    """`validate_storage_challenge` (SPEC 2.5 step 1)."""
+    if challenge.version != STORAGE_CHALLENGE_VERSION:
+        raise DistributedValidationFailed(
+            "unsupported storage challenge version: "
+            f"expected={STORAGE_CHALLENGE_VERSION} actual={challenge.version}"
+        )
+    _non_empty(challenge.challenge_id, "challenge_id")
+    _non_empty(challenge.world_id, "world_id")
+    _non_empty(challenge.node_id, "node_id")
+    _non_empty(challenge.vrf_seed, "vrf_seed")
+    validate_hash(challenge.content_hash)
+    validate_hash(challenge.expected_sample_hash)
+    if challenge.expires_at_unix_ms < challenge.issued_at_unix_ms:
+        raise DistributedValidationFailed(
+            "storage challenge expires_at is earlier than issued_at: "
+            f"issued_at={challenge.issued_at_unix_ms} expires_at={challenge.expires_at_unix_ms}"
+        )
+
+
+def validate_receipt(receipt: StorageChallengeReceipt) -> None:
+    """`validate_storage_challenge_receipt` (SPEC 2.6 step 3)."""
+    if receipt.version != STORAGE_CHALLENGE_VERSION:
+        raise DistributedValidationFailed(
+            "unsupported storage challenge receipt version: "
+            f"expected={STORAGE_CHALLENGE_VERSION} actual={receipt.version}"
+        )
+    _non_empty(receipt.challenge_id, "challenge_id")
+    _non_empty(receipt.node_id, "node_id")
+    _non_empty(receipt.proof_kind, "proof_kind")
+    validate_hash(receipt.content_hash)
+    validate_hash(receipt.sample_hash)
+
+
+def validate_probe_config(config: ProbeConfig) -> None:
+    """The stateless probe's config checks (SPEC 2.9), in upstream order."""
+    if config.max_sample_bytes < 1:
+        raise DistributedValidationFailed("probe max_sample_bytes must be >= 1")
+    if config.challenges_per_tick < 1:
+        raise DistributedValidationFailed("probe challenges_per_tick must be >= 1")
+    if config.challenge_ttl_ms <= 0:
+        raise DistributedValidationFailed("probe challenge_ttl_ms must be > 0")
+    if config.allowed_clock_skew_ms < 0:
+        raise DistributedValidationFailed("probe allowed_clock_skew_ms must be >= 0")
+
+
+# ---------------------------------------------------------------------- issue / answer / verify
+
+
+def issue_storage_challenge(reader: SampleReader, request: StorageChallengeRequest) -> StorageChallenge:
+    """SPEC 2.3: validate, read the verified sample, hash it, compute the expiry."""
+    validate_request(request)
+    offset, size, sample = reader.read_sample(
+        request.content_hash, request.max_sample_bytes, request.vrf_seed
+    )
+    expires_at = request.issued_at_unix_ms + request.challenge_ttl_ms
+    if not I64_MIN <= expires_at <= I64_MAX:
+        raise DistributedValidationFailed(
+            "storage challenge ttl overflow: "
+            f"issued_at={request.issued_at_unix_ms} ttl={request.challenge_ttl_ms}"
+        )
+    return StorageChallenge(
+        version=STORAGE_CHALLENGE_VERSION,
+        challenge_id=request.challenge_id,
+        world_id=request.world_id,
+        node_id=request.node_id,
+        content_hash=request.content_hash,
+        sample_offset=offset,
+        sample_size_bytes=size,
+        expected_sample_hash=_SAMPLE_HASHES.hex(sample),
+        issued_at_unix_ms=request.issued_at_unix_ms,
+        expires_at_unix_ms=expires_at,
+        vrf_seed=request.vrf_seed,
+    )
+
+
+def answer_storage_challenge(
+    reader: SampleReader, challenge: StorageChallenge, responded_at_unix_ms: int
+) -> StorageChallengeReceipt:
+    """SPEC 2.5: re-read the challenge's window (verified) and report its hash. No time check."""
+    validate_challenge(challenge)
+    sample = reader.read_window(challenge.content_hash, challenge.sample_offset, challenge.sample_size_bytes)
+    sample_hash = _SAMPLE_HASHES.hex(sample)
+    matched = sample_hash == challenge.expected_sample_hash
+    return StorageChallengeReceipt(
+        version=STORAGE_CHALLENGE_VERSION,
+        challenge_id=challenge.challenge_id,
+        node_id=challenge.node_id,
+        content_hash=challenge.content_hash,
+        sample_offset=challenge.sample_offset,
+        sample_size_bytes=challenge.sample_size_bytes,
+        sample_hash=sample_hash,
+        responded_at_unix_ms=responded_at_unix_ms,
+        sample_source=SampleSource.LOCAL_STORE_INDEX,
+        failure_reason=None if matched else FailureReason.HASH_MISMATCH,
+        proof_kind=PROOF_KIND_CHUNK_HASH_V1,
+    )
+
+
+def response_window(challenge: StorageChallenge, allowed_clock_skew_ms: int) -> tuple[int, int]:
+    """Inclusive `[issued - skew, expires + skew]` with i64 saturating arithmetic."""
+    low = max(challenge.issued_at_unix_ms - allowed_clock_skew_ms, I64_MIN)
+    high = min(challenge.expires_at_unix_ms + allowed_clock_skew_ms, I64_MAX)
+    return low, high
+
+
+def _rust_debug(reason: FailureReason) -> str:
+    """`{:?}` of the Rust enum variant: HASH_MISMATCH -> HashMismatch."""
+    return "".join(part.capitalize() for part in reason.value.split("_"))
+
+
+def _require_equal(name: str, expected: object, actual: object) -> None:
+    if expected != actual:
+        raise DistributedValidationFailed(f"{name} mismatch: expected={expected} actual={actual}")
+
+
+def verify_storage_challenge_receipt(
+    challenge: StorageChallenge, receipt: StorageChallengeReceipt, allowed_clock_skew_ms: int
+) -> None:
+    """SPEC 2.6: the first failing check wins; every failure is `DistributedValidationFailed`."""
+    if allowed_clock_skew_ms < 0:
+        raise DistributedValidationFailed(f"allowed_clock_skew_ms must be >= 0, got {allowed_clock_skew_ms}")
+    validate_challenge(challenge)
+    validate_receipt(receipt)
+    _require_equal("challenge_id", challenge.challenge_id, receipt.challenge_id)
+    _require_equal("node_id", challenge.node_id, receipt.node_id)
+    _require_equal("content_hash", challenge.content_hash, receipt.content_hash)
+    _require_equal("sample_offset", challenge.sample_offset, receipt.sample_offset)
+    _require_equal("sample_size_bytes", challenge.sample_size_bytes, receipt.sample_size_bytes)
+    _require_equal("sample_hash", challenge.expected_sample_hash, receipt.sample_hash)
+    if receipt.proof_kind != PROOF_KIND_CHUNK_HASH_V1:
+        raise DistributedValidationFailed(
+            f"unsupported proof kind: expected={PROOF_KIND_CHUNK_HASH_V1} actual={receipt.proof_kind}"
+        )
+    if receipt.sample_source == SampleSource.UNKNOWN:
+        raise DistributedValidationFailed("sample_source cannot be Unknown")
+    if receipt.failure_reason is not None:
+        raise DistributedValidationFailed(f"receipt indicates failure: {_rust_debug(receipt.failure_reason)}")
+    low, high = response_window(challenge, allowed_clock_skew_ms)
+    if not low <= receipt.responded_at_unix_ms <= high:
+        raise DistributedValidationFailed(
+            "response timestamp out of challenge window: "
+            f"responded_at={receipt.responded_at_unix_ms} allowed=[{low}, {high}]"
+        )
+
+
+# ---------------------------------------------------------------------- classification (2.7)
+
+
+def classify_receipt_reason(
+    challenge: StorageChallenge, receipt: StorageChallengeReceipt, allowed_clock_skew_ms: int
+) -> FailureReason:
+    """Why a receipt failed verification (upstream `classify_receipt_failure_reason`).
+
+    Like upstream, the skew is not validated here: a negative skew narrows the window.
+    """
+    if receipt.failure_reason is not None:
+        return receipt.failure_reason
+    if receipt.proof_kind != PROOF_KIND_CHUNK_HASH_V1:
+        return FailureReason.SIGNATURE_INVALID
+    if (challenge.sample_offset, challenge.sample_size_bytes) != (
+        receipt.sample_offset,
+        receipt.sample_size_bytes,
+    ):
+        return FailureReason.MISSING_SAMPLE
+    if (
+        challenge.content_hash != receipt.content_hash
+        or challenge.expected_sample_hash != receipt.sample_hash
+    ):
+        return FailureReason.HASH_MISMATCH
+    low, high = response_window(challenge, allowed_clock_skew_ms)
+    if not low <= receipt.responded_at_unix_ms <= high:
+        return FailureReason.TIMEOUT
+    return FailureReason.UNKNOWN
+
+
+def _classify_validation_text(reason: str) -> FailureReason:
+    """Upstream's substring rules, first match wins ("window" before "sample": the quirks)."""
+    lower = reason.lower()
+    if "timeout" in lower or "window" in lower:
+        return FailureReason.TIMEOUT
+    if "hash" in lower:
+        return FailureReason.HASH_MISMATCH
+    if "sample" in lower or "missing" in lower:
+        return FailureReason.MISSING_SAMPLE
+    if "signature" in lower or "proof" in lower:
+        return FailureReason.SIGNATURE_INVALID
+    return FailureReason.UNKNOWN
+
+
+def classify_world_error_reason(err: WorldError) -> FailureReason:
+    """Why issue or answer failed (upstream `classify_world_error_failure_reason`)."""
+    if isinstance(err, BlobNotFound):
+        return FailureReason.MISSING_SAMPLE
+    if isinstance(err, BlobHashMismatch | BlobHashInvalid):
+        return FailureReason.HASH_MISMATCH
+    if isinstance(err, Io):
+        return FailureReason.READ_IO_ERROR
+    if isinstance(err, DistributedValidationFailed):
+        return _classify_validation_text(err.reason)
+    if isinstance(err, SignatureKeyInvalid):
+        return FailureReason.SIGNATURE_INVALID
+    return FailureReason.UNKNOWN
+
+
+# ---------------------------------------------------------------------- projection and stats (2.8)
+
+
+def sample_reference(challenge: StorageChallenge) -> str:
+    return (
+        f"distfs://{challenge.node_id}/challenge/{challenge.challenge_id}/blob/{challenge.content_hash}"
+        f"?offset={challenge.sample_offset}&size={challenge.sample_size_bytes}"
+    )
+
+
+def receipt_to_proof_semantics(
+    challenge: StorageChallenge, receipt: StorageChallengeReceipt
+) -> StorageChallengeProofSemantics:
+    """`storage_challenge_receipt_to_proof_semantics`."""
+    return StorageChallengeProofSemantics(
+        node_id=receipt.node_id,
+        sample_source=receipt.sample_source,
+        sample_reference=sample_reference(challenge),
+        failure_reason=receipt.failure_reason,
+        proof_kind_hint=receipt.proof_kind,
+        vrf_seed_hint=challenge.vrf_seed,
+        post_commitment_hint=challenge.expected_sample_hash,
+    )
+
+
+def summarize_node_storage_challenge_stats(
+    entries: Iterable[tuple[StorageChallenge, StorageChallengeReceipt]], allowed_clock_skew_ms: int
+) -> list[NodeStorageChallengeStats]:
+    """Verify each (challenge, receipt) and count per `challenge.node_id`, sorted by node id."""
+    if allowed_clock_skew_ms < 0:
+        raise DistributedValidationFailed(f"allowed_clock_skew_ms must be >= 0, got {allowed_clock_skew_ms}")
+    counts: dict[str, tuple[int, int, dict[str, int]]] = {}
+    for challenge, receipt in entries:
+        total, passed, reasons = counts.get(challenge.node_id, (0, 0, {}))
+        try:
+            verify_storage_challenge_receipt(challenge, receipt, allowed_clock_skew_ms)
+            passed += 1
+        except DistributedValidationFailed:
+            key = classify_receipt_reason(challenge, receipt, allowed_clock_skew_ms).value
+            reasons[key] = reasons.get(key, 0) + 1
+        counts[challenge.node_id] = (total + 1, passed, reasons)
+    return [
+        NodeStorageChallengeStats(
+            node_id=node_id,
+            total_checks=total,
+            passed_checks=passed,
+            failed_checks=total - passed,
+            failures_by_reason=dict(sorted(reasons.items())),
+        )
+        for node_id, (total, passed, reasons) in sorted(counts.items(), key=lambda item: item[0].encode())
+    ]
+
+
+# ---------------------------------------------------------------------- one check
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """The result of one issue/answer/verify: a pass with its semantics, or a classified failure."""
+
+    content_hash: str
+    passed: bool
+    semantics: StorageChallengeProofSemantics | None
+    failure: CheckFailure | None
+
+
+def _failed(content_hash: str, reason: FailureReason, error: str) -> CheckOutcome:
+    return CheckOutcome(content_hash, False, None, CheckFailure(content_hash, reason, error))
+
+
+def _error_outcome(content_hash: str, phase: str, exc: Exception) -> CheckOutcome:
+    """Fail closed: a world error is classified as upstream does; anything else is counted too."""
+    if isinstance(exc, WorldError):
+        return _failed(content_hash, classify_world_error_reason(exc), f"{phase}: {exc}")
+    if isinstance(exc, OSError):
+        return _failed(content_hash, FailureReason.READ_IO_ERROR, f"{phase}: {type(exc).__name__}: {exc}")
+    return _failed(content_hash, FailureReason.UNKNOWN, f"{phase}: {type(exc).__name__}: {exc}")
+
+
+def run_check(
+    reader: SampleReader,
+    request: StorageChallengeRequest,
+    responded_at_unix_ms: int,
+    allowed_clock_skew_ms: int,
+) -> CheckOutcome:
+    """Issue, answer at `responded_at`, verify. Never raises: errors are classified failures.
+
+    Error texts are prefixed with the phase (`issue:`, `answer:`, `verify:`) for the round log.
+    """
+    content_hash = request.content_hash
+    try:
+        challenge = issue_storage_challenge(reader, request)
+    except Exception as exc:
+        return _error_outcome(content_hash, "issue", exc)
+    try:
+        receipt = answer_storage_challenge(reader, challenge, responded_at_unix_ms)
+    except Exception as exc:
+        return _error_outcome(content_hash, "answer", exc)
+    try:
+        verify_storage_challenge_receipt(challenge, receipt, allowed_clock_skew_ms)
+    except DistributedValidationFailed as exc:
+        reason = classify_receipt_reason(challenge, receipt, allowed_clock_skew_ms)
+        return _failed(content_hash, reason, f"verify: {exc}")
+    return CheckOutcome(content_hash, True, receipt_to_proof_semantics(challenge, receipt), None)
+
+
+# ---------------------------------------------------------------------- probe ids and seeds
+
+
+def _hash_prefix(content_hash: str) -> str:
+    return content_hash[:12]
+
+
+def probe_ids(
+    world_id: str, node_id: str, observed_ms: int, index: int, content_hash: str
+) -> tuple[str, str]:
+    """(challenge_id, vrf_seed) of the stateless probe (SPEC 2.4)."""
+    challenge_id = f"probe:{node_id}:{observed_ms}:{index}:{_hash_prefix(content_hash)}"
+    return challenge_id, f"{world_id}:{node_id}:{observed_ms}:{index}"
+
+
+def scheduled_probe_ids(
+    world_id: str, node_id: str, observed_ms: int, cursor: int, index: int, content_hash: str
+) -> tuple[str, str]:
+    """(challenge_id, vrf_seed) of a scheduled round; `cursor` is the raw state cursor."""
+    challenge_id = f"sched-probe:{node_id}:{observed_ms}:{cursor}:{index}:{_hash_prefix(content_hash)}"
+    return challenge_id, f"{world_id}:{node_id}:{observed_ms}:{cursor}:{index}"
+
+
+def probe_start_index(world_id: str, node_id: str, observed_ms: int, candidate_count: int) -> int:
+    """0 for at most one candidate, else BLAKE3("{world}:{node}:{ms}")[0..8] LE mod count."""
+    if candidate_count <= 1:
+        return 0
+    return _u64_le_prefix(f"{world_id}:{node_id}:{observed_ms}".encode()) % candidate_count
+
+
+# ---------------------------------------------------------------------- stateless probe (2.9)
+
+
+def record_outcome(report: RoundReport, outcome: CheckOutcome) -> None:
+    """Count one check into a report (shared with the scheduled rounds)."""
+    report.total_checks += 1
+    report.checked_hashes.append(outcome.content_hash)
+    if outcome.passed:
+        report.passed_checks += 1
+        report.latest_proof_semantics = outcome.semantics
+        return
+    report.failed_checks += 1
+    if outcome.failure is not None:
+        key = outcome.failure.reason.value
+        report.failure_reasons[key] = report.failure_reasons.get(key, 0) + 1
+        report.failures.append(outcome.failure)
+
+
+def probe_storage_challenges(
+    store: LocalCasStore,
+    world_id: str,
+    node_id: str,
+    observed_ms: int,
+    config: ProbeConfig,
+    *,
+    reader: SampleReader | None = None,
+) -> RoundReport:
+    """The stateless phase-3 probe: up to `challenges_per_tick` checks from a derived start.
+
+    Raises only for invalid settings or a failed candidate listing. `reader` defaults to the
+    upstream whole-blob reader; pass `chunks.make_reader(store, ...)` for chunked verification.
+    """
+    validate_probe_config(config)
+    _non_empty(world_id, "world_id")
+    _non_empty(node_id, "node_id")
+    hashes = store.candidates()
+    report = RoundReport(node_id=node_id, world_id=world_id, observed_at_unix_ms=observed_ms)
+    report.blob_count = len(hashes)
+    if not hashes:
+        return report
+    if reader is None:
+        from .chunks import make_reader
+        from .models import VerifyOptions
+
+        reader = make_reader(store, VerifyOptions(mode="full"))
+    start = probe_start_index(world_id, node_id, observed_ms, len(hashes))
+    for index in range(min(config.challenges_per_tick, len(hashes))):
+        content_hash = hashes[(start + index) % len(hashes)]
+        challenge_id, vrf_seed = probe_ids(world_id, node_id, observed_ms, index, content_hash)
+        request = StorageChallengeRequest(
+            challenge_id=challenge_id,
+            world_id=world_id,
+            node_id=node_id,
+            content_hash=content_hash,
+            max_sample_bytes=config.max_sample_bytes,
+            issued_at_unix_ms=observed_ms,
+            challenge_ttl_ms=config.challenge_ttl_ms,
+            vrf_seed=vrf_seed,
+        )
+        record_outcome(report, run_check(reader, request, observed_ms, config.allowed_clock_skew_ms))
+    return report

@@ -1,0 +1,357 @@
+"""LocalCasStore: upstream `lib.rs` CAS vectors and layout rules, then our must-hold index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from distfs_pipeline import store as store_module
+from distfs_pipeline.errors import BlobHashInvalid, BlobHashMismatch, BlobNotFound, Io
+from distfs_pipeline.store import INDEX_FILE, LocalCasStore, blake3_hex, validate_hash
+
+
+def make_blob(n: int) -> bytes:
+    return bytes((i % 251) + 3 for i in range(n))
+
+
+def age_dir(path: Path) -> None:
+    """Move a directory's mtime into the past, out of the racy window of the listing cache."""
+    past = time.time_ns() - 10_000_000_000
+    os.utime(path, ns=(past, past))
+
+
+# --- hashing and validation ------------------------------------------------------------------------
+
+
+def test_blake3_hex_known_vector() -> None:
+    assert blake3_hex(b"") == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "/abs", "a\\b", "..", "a..b", "x.."])
+def test_validate_hash_rejects_only_upstream_cases(bad: str) -> None:
+    with pytest.raises(BlobHashInvalid):
+        validate_hash(bad)
+
+
+@pytest.mark.parametrize("good", ["abc", "a.b", "NOT-HEX", " ", "x.y.z", "é"])
+def test_validate_hash_has_no_hex_or_length_check(good: str) -> None:
+    validate_hash(good)
+
+
+def test_unknown_hash_algorithm_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="hash_algorithm"):
+        LocalCasStore(tmp_path, "md5")
+
+
+# --- upstream lib.rs vectors -----------------------------------------------------------------------
+
+
+def test_cas_roundtrip_and_pin(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path / "cas")
+    data = b"hello distfs"
+    content_hash = store.put_bytes(data)
+    assert content_hash == blake3_hex(data)
+    assert store.has(content_hash)
+    assert store.get(content_hash) == data
+    store.pin(content_hash)
+    assert store.is_pinned(content_hash)
+    pins_text = (tmp_path / "cas" / "pins.json").read_text()
+    assert json.loads(pins_text) == {"pins": [content_hash]}
+    assert pins_text == '{\n  "pins": [\n    "' + content_hash + '"\n  ]\n}'  # serde to_vec_pretty
+
+
+def test_cas_sha256_roundtrip_and_verify(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path / "cas-sha256", "sha256")
+    data = b"hello sha256 distfs"
+    content_hash = store.put_bytes(data)
+    assert content_hash == hashlib.sha256(data).hexdigest()
+    assert store.has(content_hash)
+    assert store.get_verified(content_hash) == data
+    store.blob_path(content_hash).write_bytes(b"tampered")
+    with pytest.raises(BlobHashMismatch) as info:
+        store.get_verified(content_hash)
+    assert (info.value.expected, info.value.actual) == (content_hash, hashlib.sha256(b"tampered").hexdigest())
+
+
+# --- layout, put, get ------------------------------------------------------------------------------
+
+
+def test_blob_layout_is_flat_hash_dot_blob(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    content_hash = store.put_bytes(b"x")
+    assert store.blob_path(content_hash) == tmp_path / "blobs" / f"{content_hash}.blob"
+    assert (tmp_path / "blobs" / f"{content_hash}.blob").read_bytes() == b"x"
+
+
+def test_put_checks_the_hash_before_writing(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    with pytest.raises(BlobHashMismatch) as info:
+        store.put(blake3_hex(b"a"), b"b")
+    assert (info.value.expected, info.value.actual) == (blake3_hex(b"a"), blake3_hex(b"b"))
+    assert list((tmp_path / "blobs").iterdir()) == []
+
+
+def test_put_never_rewrites_an_existing_file(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    content_hash = store.put_bytes(b"original")
+    store.blob_path(content_hash).write_bytes(b"tampered")
+    store.put(content_hash, b"original")
+    assert store.blob_path(content_hash).read_bytes() == b"tampered"
+
+
+def test_put_writes_through_a_pid_nanos_temp_then_renames(tmp_path: Path, monkeypatch) -> None:
+    store = LocalCasStore(tmp_path)
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        renames.append((Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", spy)
+    content_hash = store.put_bytes(b"payload")
+    (src, dst), *_ = renames
+    prefix = f"{content_hash}.tmp-{os.getpid()}-"
+    assert src.startswith(prefix) and src[len(prefix) :].isdigit()
+    assert dst == f"{content_hash}.blob"
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == [dst]
+
+
+def test_get_errors(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    with pytest.raises(BlobNotFound):
+        store.get(blake3_hex(b"absent"))
+    with pytest.raises(BlobHashInvalid):
+        store.get("../escape")
+    content_hash = store.put_bytes(b"data")
+    path = store.blob_path(content_hash)
+    path.unlink()
+    path.mkdir()  # as root, chmod does not stop reads: a directory does
+    with pytest.raises(Io, match="Is a directory"):
+        store.get(content_hash)
+    with pytest.raises(BlobNotFound):
+        store.get("nul\0byte")  # upstream: exists() is false for such a path
+
+
+def test_pins_unpin_and_missing_blob(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    with pytest.raises(BlobNotFound):
+        store.pin(blake3_hex(b"absent"))
+    a, b = store.put_bytes(b"a"), store.put_bytes(b"b")
+    store.pin(b)
+    store.pin(a)
+    store.pin(a)
+    assert store.pins() == sorted([a, b])
+    assert store.unpin(a) is True
+    assert store.unpin(a) is False
+    assert store.pins() == [b]
+
+
+# --- upstream listing --------------------------------------------------------------------------------
+
+
+def test_listing_of_a_missing_store_is_empty_and_creates_nothing(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path / "nowhere")
+    assert store.list_blob_hashes() == []
+    assert list(store.candidates()) == []
+    assert not store.has_index()
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_listing_keeps_only_regular_dot_blob_files_sorted(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    hashes = [store.put_bytes(make_blob(n)) for n in (5, 6, 7)]
+    blobs = tmp_path / "blobs"
+    (blobs / "zz.tmp-1-2").write_bytes(b"temp")
+    (blobs / ".blob").write_bytes(b"dotfile: no extension for Rust")
+    (blobs / "notes.txt").write_bytes(b"other")
+    (blobs / "x.BLOB").write_bytes(b"extension is case-sensitive")
+    (blobs / "dir.blob").mkdir()
+    (blobs / "link.blob").symlink_to(blobs / f"{hashes[0]}.blob")
+    (blobs / "A.b.blob").write_bytes(b"stem keeps inner dots")
+    assert store.list_blob_hashes() == sorted([*hashes, "A.b"])
+
+
+def test_listing_fails_whole_on_an_invalid_stem(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    store.put_bytes(b"ok")
+    (tmp_path / "blobs" / "a..b.blob").write_bytes(b"bad")
+    with pytest.raises(BlobHashInvalid):
+        store.list_blob_hashes()
+
+
+def test_listing_sorts_bytewise(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for stem in ("b", "B", "a", "é", "Z"):
+        (blobs / f"{stem}.blob").write_bytes(b"")
+    expected = sorted(["b", "B", "a", "é", "Z"], key=str.encode)
+    assert LocalCasStore(tmp_path).list_blob_hashes() == expected
+
+
+# --- our index -----------------------------------------------------------------------------------------
+
+
+def test_put_records_the_index_outside_blobs(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    assert not store.has_index()
+    a = store.put_bytes(make_blob(10))
+    b = store.put_bytes(make_blob(20))
+    store.put_bytes(make_blob(10))  # a re-put appends a duplicate line; readers dedupe
+    assert store.has_index()
+    assert (tmp_path / INDEX_FILE).read_text().splitlines() == [f"{a} 10", f"{b} 20", f"{a} 10"]
+    assert list(store.candidates()) == sorted([a, b])
+    assert store.index_sizes() == {a: 10, b: 20}
+    assert store.list_blob_hashes() == sorted([a, b])  # upstream ignores the index file
+
+
+def test_lost_blob_stays_a_candidate_with_an_index(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    a, b = store.put_bytes(b"a"), store.put_bytes(b"b")
+    store.blob_path(a).unlink()
+    assert list(store.candidates()) == sorted([a, b])
+    assert store.list_blob_hashes() == [b]
+
+
+def test_plain_upstream_store_is_audited_by_listing(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    hashes = sorted(blake3_hex(make_blob(n)) for n in (1, 2, 3))
+    for n in (1, 2, 3):
+        (blobs / f"{blake3_hex(make_blob(n))}.blob").write_bytes(make_blob(n))
+    store = LocalCasStore(tmp_path)
+    assert not store.has_index()
+    assert list(store.candidates()) == hashes
+
+
+def test_first_put_on_an_upstream_store_seeds_the_index(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    old = blake3_hex(b"old")
+    (blobs / f"{old}.blob").write_bytes(b"old")
+    (blobs / "bad..name.blob").write_bytes(b"not a hash: not seeded")
+    store = LocalCasStore(tmp_path)
+    new = store.put_bytes(b"new")
+    assert list(store.candidates()) == sorted([old, new])
+    assert store.index_sizes() == {old: 3, new: 3}
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_candidates_sees_puts_from_another_instance(tmp_path: Path) -> None:
+    auditor_view = LocalCasStore(tmp_path)
+    writer = LocalCasStore(tmp_path)
+    a = writer.put_bytes(b"a")
+    assert list(auditor_view.candidates()) == [a]
+    b = writer.put_bytes(b"b")
+    assert list(auditor_view.candidates()) == sorted([a, b])
+
+
+def test_candidates_reads_only_the_appended_tail(tmp_path: Path, monkeypatch) -> None:
+    store = LocalCasStore(tmp_path)
+    for n in range(50):
+        store.put_bytes(make_blob(n))
+    first = store.candidates()
+    assert store.candidates() is first  # unchanged: no re-read, same tuple
+    reads: list[int] = []
+    real_open = open
+
+    def spy_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if str(path).endswith(INDEX_FILE) and "r" in mode:
+            real_seek = handle.seek
+            handle.seek = lambda pos, *a: reads.append(pos) or real_seek(pos, *a)
+        return handle
+
+    monkeypatch.setattr("builtins.open", spy_open)
+    extra = store.put_bytes(b"one more")
+    assert extra in store.candidates()
+    assert reads == [(tmp_path / INDEX_FILE).stat().st_size - len(f"{extra} 8\n")]
+
+
+def test_torn_index_line_is_skipped_and_later_records_survive(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    a = store.put_bytes(b"a")
+    with open(tmp_path / INDEX_FILE, "ab") as handle:
+        handle.write(b"deadbeef")  # a crash mid-append: no size, no newline
+    assert list(store.candidates()) == [a]
+    b = store.put_bytes(b"b")
+    assert list(LocalCasStore(tmp_path).candidates()) == sorted([a, b])
+    assert list(store.candidates()) == sorted([a, b])
+
+
+def test_rewritten_index_is_reloaded(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    a, b = store.put_bytes(b"a"), store.put_bytes(b"b")
+    assert len(store.candidates()) == 2
+    replacement = tmp_path / "replacement"
+    replacement.write_text(f"{b} 1\n")
+    os.replace(replacement, tmp_path / INDEX_FILE)
+    assert list(store.candidates()) == [b]
+    (tmp_path / INDEX_FILE).unlink()
+    assert list(store.candidates()) == sorted([a, b])  # back to the listing
+
+
+def test_listing_cache_relists_only_when_the_dir_changes(tmp_path: Path, monkeypatch) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "a.blob").write_bytes(b"")
+    age_dir(blobs)
+    store = LocalCasStore(tmp_path)
+    calls: list[int] = []
+    real = LocalCasStore.list_blob_hashes
+    monkeypatch.setattr(LocalCasStore, "list_blob_hashes", lambda self: calls.append(1) or real(self))
+    assert list(store.candidates()) == ["a"]
+    assert list(store.candidates()) == ["a"]
+    assert len(calls) == 1
+    (blobs / "b.blob").write_bytes(b"")
+    assert list(store.candidates()) == ["a", "b"]  # mtime changed (and is racy: relisted next time)
+    age_dir(blobs)
+    store.candidates()
+    store.candidates()
+    assert len(calls) == 3
+
+
+def test_index_handles_odd_listed_names(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for stem in ("with space", "per%cent", "new\nline"):
+        (blobs / f"{stem}.blob").write_bytes(b"")
+    store = LocalCasStore(tmp_path)
+    new = store.put_bytes(b"x")
+    assert list(LocalCasStore(tmp_path).candidates()) == sorted(["with space", "per%cent", "new\nline", new])
+
+
+def test_index_seeding_works_without_hard_links(tmp_path: Path, monkeypatch) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    old = blake3_hex(b"old")
+    (blobs / f"{old}.blob").write_bytes(b"old")
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(store_module.os, "link", no_links)
+    store = LocalCasStore(tmp_path)
+    new = store.put_bytes(b"new")
+    assert list(store.candidates()) == sorted([old, new])
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_puts_stay_cheap_as_the_index_grows(tmp_path: Path, monkeypatch) -> None:
+    """Each put appends one line: it never reads or rewrites the index (no O(n^2) over many puts)."""
+    store = LocalCasStore(tmp_path)
+    for n in range(200):
+        store.put_bytes(make_blob(n))
+    writes: list[int] = []
+    real_write = os.write
+    monkeypatch.setattr(
+        store_module.os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data)
+    )
+    monkeypatch.setattr(store_module, "_parse_index_lines", None)  # any parse during put would fail
+    store.put_bytes(b"one more")
+    assert writes == [len(b"one more"), len(f"{blake3_hex(b'one more')} 8\n")]
