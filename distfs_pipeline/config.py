@@ -1,0 +1,173 @@
+"""Structured-config schemas for Hydra: the shape of every configuration the app accepts.
+
+The dataclasses mirror the configuration keys of docs/architecture.md. `PipelineConf` is stored in
+Hydra's ConfigStore as the root config `pipeline_schema`, and `conf/config.yaml` lists it first in
+its defaults list. Everything composed after it (group presets, a user's YAML found through
+`hydra.searchpath`, command-line overrides) is merged into typed, struct-mode nodes, so an unknown
+key or a value of the wrong type is refused at compose time, before any round runs.
+
+Types and key names are checked here; ranges and cross-field rules (u32/i64 bounds,
+`backoff_max_ms >= backoff_base_ms`) are checked by `validation`, which needs no Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hydra.core.config_store import ConfigStore
+
+from .models import (
+    DEFAULT_ALLOWED_CLOCK_SKEW_MS,
+    DEFAULT_CHALLENGE_TTL_MS,
+    DEFAULT_CHALLENGES_PER_TICK,
+    DEFAULT_MAX_SAMPLE_BYTES,
+    U32_MAX,
+)
+
+SCHEMA_NAME = "pipeline_schema"
+
+
+# OmegaConf matches enum values by member *name*, so every name equals its value: YAML and
+# overrides then read `clock: wall`, and `cfg.runtime.clock.value` is the same string.
+class VerifyMode(StrEnum):
+    """How a check verifies the bytes it samples (see models.VerifyOptions)."""
+
+    chunked = "chunked"
+    full = "full"
+
+
+class Clock(StrEnum):
+    """`virtual`: deterministic simulated time; `wall`: real time, real sleeps."""
+
+    virtual = "virtual"
+    wall = "wall"
+
+
+class Progress(StrEnum):
+    """Whether the runner draws a progress display (`auto`: only on a terminal)."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+@dataclass
+class PolicyConf:
+    """`policy` group: upstream's StorageChallengeAdaptivePolicy, upstream defaults."""
+
+    max_checks_per_round: int = U32_MAX
+    backoff_base_ms: int = 0
+    backoff_max_ms: int = 0
+    backoff_multiplier_hash_mismatch: int = 1
+    backoff_multiplier_missing_sample: int = 1
+    backoff_multiplier_timeout: int = 1
+    backoff_multiplier_read_io_error: int = 1
+    backoff_multiplier_signature_invalid: int = 1
+    backoff_multiplier_unknown: int = 1
+
+
+@dataclass
+class ProbeConf:
+    """`probe` group: upstream's StorageChallengeProbeConfig plus how samples are verified."""
+
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+    challenges_per_tick: int = DEFAULT_CHALLENGES_PER_TICK
+    challenge_ttl_ms: int = DEFAULT_CHALLENGE_TTL_MS
+    allowed_clock_skew_ms: int = DEFAULT_ALLOWED_CLOCK_SKEW_MS
+    verify_mode: VerifyMode = VerifyMode.chunked
+    chunk_size_bytes: int = 16 * 1024
+    chunk_cache_dir: str | None = None
+    full_verify_every: int = 0
+
+
+@dataclass
+class RuntimeConf:
+    """`runtime` group: identity, store, state file, clock and run length."""
+
+    world_id: str = "world-1"
+    node_id: str = "node-storage-1"
+    storage_root: str | None = None
+    state_path: str | None = None
+    clock: Clock = Clock.virtual
+    start_unix_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z: virtual runs are reproducible
+    tick_ms: int = 200  # upstream --node-tick-ms default
+    rounds: int = 300
+    epoch_rounds: int = 100
+    progress: Progress = Progress.auto
+
+
+class FaultKind(StrEnum):
+    """What a scenario fault does to its target blobs (see `scenarios`)."""
+
+    bit_rot = "bit_rot"
+    delete = "delete"
+    truncate = "truncate"
+    unreadable = "unreadable"
+    slow = "slow"
+
+
+class TargetOrder(StrEnum):
+    """How audit candidates are ordered before `target_index` picks from them."""
+
+    by_hash = "by_hash"
+    largest_first = "largest_first"
+
+
+class Baseline(StrEnum):
+    """What the scratch copy starts from: only blobs that verify (`healthy`), or everything."""
+
+    healthy = "healthy"
+    as_is = "as_is"
+
+
+@dataclass
+class FaultConf:
+    """One entry of `scenario.faults`: a fault kind, its targets and its schedule in rounds."""
+
+    kind: FaultKind = FaultKind.bit_rot
+    at_round: int = 1
+    repair_at_round: int | None = None
+    flap_every: int = 0
+    target_index: int = 0
+    target_order: TargetOrder = TargetOrder.by_hash
+    blobs: int = 1
+    flip_bytes: int = 1
+    offset: int | None = None
+    silent: bool = True
+    truncate_to: int | None = None
+    delay_ms: int | None = None
+
+
+@dataclass
+class ScenarioConf:
+    """`scenario` group: a fault schedule for studies, applied to a scratch copy of the store."""
+
+    name: str = "none"
+    description: str = ""
+    baseline: Baseline = Baseline.healthy
+    in_place: bool = False
+    faults: list[FaultConf] = field(default_factory=list)
+    objective_weight_checks: float = 0.0
+    objective_weight_recovery: float = 0.0
+
+
+@dataclass
+class PipelineConf:
+    """The whole composed configuration (Hydra's own `hydra` node is added beside it)."""
+
+    policy: PolicyConf = field(default_factory=PolicyConf)
+    probe: ProbeConf = field(default_factory=ProbeConf)
+    runtime: RuntimeConf = field(default_factory=RuntimeConf)
+    scenario: ScenarioConf = field(default_factory=ScenarioConf)
+
+
+def register_configs() -> None:
+    """Store the root schema in Hydra's ConfigStore (idempotent: storing again replaces it).
+
+    Called at import, so importing this module before composing is enough.
+    """
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConf)
+
+
+register_configs()
