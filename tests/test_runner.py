@@ -1,0 +1,162 @@
+"""`run_audit` in-process on real stores: outputs, timeline, resume, hooks, empty store, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distfs_pipeline import demo
+from distfs_pipeline.errors import UsageError
+from distfs_pipeline.models import RoundReport
+from distfs_pipeline.runner import Progress, RunHooks, RunTotals, run_audit
+from distfs_pipeline.state import StateLock, load_state
+from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.validation import Settings
+
+START, TICK = 1_767_225_600_000, 200
+
+
+def make_settings(**runtime: Any) -> Settings:
+    probe = runtime.pop("probe", {})
+    base = {"progress": "never", "rounds": 6, "epoch_rounds": 5}
+    return Settings.model_validate({"runtime": base | runtime, "probe": probe})
+
+
+def small_store(root: Path, blobs: int = 5) -> Path:
+    store = LocalCasStore(root)
+    for i in range(blobs):
+        store.put_bytes(f"blob {i} ".encode() * (i * 100 + 1))
+    return root
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root with its size and mtime: a store must come out exactly as it went in."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.stat()
+            out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo.ensure_demo_store(tmp_path_factory.mktemp("cache") / demo.DEMO_DIRNAME)
+
+
+def test_demo_store_gives_the_documented_reasons(demo_root: Path, tmp_path: Path) -> None:
+    """Checking every blob each round, each damaged blob fails with its documented reason."""
+    manifest = demo.load_manifest(demo_root)
+    assert len(manifest) == demo.DEMO_BLOB_COUNT
+    settings = make_settings(
+        storage_root=str(demo_root), rounds=2, probe={"challenges_per_tick": demo.DEMO_BLOB_COUNT}
+    )
+    before = tree(demo_root)
+    summary = run_audit(settings, tmp_path / "run")
+    expected = {h: demo.DEMO_MIX[c][1] for h, c in manifest.items() if demo.DEMO_MIX[c][1] is not None}
+    for record in read_jsonl(tmp_path / "run" / "rounds.jsonl"):
+        assert {f["content_hash"]: f["reason"] for f in record["failures"]} == expected
+        assert record["passed_checks"] == demo.DEMO_MIX["healthy"][0]
+    assert summary["failure_reasons"] == {"HASH_MISMATCH": 6, "MISSING_SAMPLE": 2, "READ_IO_ERROR": 2}
+    assert tree(demo_root) == before  # audited, never written
+    assert demo.ensure_demo_store(demo_root) == demo_root  # idempotent
+
+
+def test_outputs_timeline_and_summary(tmp_path: Path) -> None:
+    settings = make_settings(storage_root=str(small_store(tmp_path / "store")), rounds=12)
+    summary = run_audit(settings, tmp_path / "run")
+    records = read_jsonl(tmp_path / "run" / "rounds.jsonl")
+    assert [r["round_index"] for r in records] == list(range(1, 13))
+    assert [r["observed_at_unix_ms"] for r in records] == [START + i * TICK for i in range(12)]
+    assert all("latest_proof_semantics" in r for r in records)
+    state = load_state(tmp_path / "run" / "probe-state.json")
+    assert records[-1]["state_after"] == state.to_dict() == summary["final_state"]
+    epochs = read_jsonl(tmp_path / "run" / "epochs.jsonl")
+    assert [(e["epoch"], e["first_round"], e["last_round"]) for e in epochs] == [(1, 1, 5), (2, 6, 10)]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert summary["checks_spent"] == 12 and summary["pass_ratio"] == 1.0 and not summary["no_data"]
+    assert summary["config"]["runtime"]["state_path"] == str(tmp_path / "run" / "probe-state.json")
+
+
+def test_a_resumed_run_continues_the_same_timeline_and_epochs(tmp_path: Path) -> None:
+    store = str(small_store(tmp_path / "store"))
+    split_state = str(tmp_path / "split.json")
+    for run in ("a1", "a2"):
+        run_audit(make_settings(storage_root=store, state_path=split_state, rounds=6), tmp_path / run)
+    whole = make_settings(storage_root=store, state_path=str(tmp_path / "whole.json"), rounds=12)
+    run_audit(whole, tmp_path / "b")
+    assert load_state(split_state) == load_state(tmp_path / "whole.json")
+    split_epochs = read_jsonl(tmp_path / "a1" / "epochs.jsonl") + read_jsonl(tmp_path / "a2" / "epochs.jsonl")
+    assert split_epochs == read_jsonl(tmp_path / "b" / "epochs.jsonl")  # epoch 2 spans both runs
+
+
+def test_empty_store_warns_reports_no_data_and_is_not_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "empty"
+    store.mkdir()
+    before = tree(store)
+    summary = run_audit(make_settings(storage_root=str(store), rounds=3), tmp_path / "run")
+    assert "warning:" in capsys.readouterr().err
+    assert summary["no_data"] and summary["no_data_reason"] == "empty store"
+    assert tree(store) == before
+
+
+def test_missing_store_root_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"runtime\.storage_root"):
+        run_audit(make_settings(storage_root=str(tmp_path / "nope")), tmp_path / "run")
+
+
+def test_hooks_see_every_round_and_can_redirect_the_store(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    reports: list[RoundReport] = []
+    hooks = RunHooks(
+        before_round=lambda n, observed: calls.append((n, observed)),
+        response_delay_ms=lambda _hash: 10**9,  # far beyond TTL + skew
+        on_round=reports.append,
+        store_root=small_store(tmp_path / "scratch"),
+    )
+    settings = make_settings(storage_root=str(tmp_path / "not-used"), rounds=3)
+    summary = run_audit(settings, tmp_path / "run", hooks)
+    assert calls == [(n, START + (n - 1) * TICK) for n in (1, 2, 3)]
+    assert [r.round_index for r in reports] == [1, 2, 3]
+    assert summary["failure_reasons"] == {"TIMEOUT": 3}
+    assert summary["store_root"] == str(tmp_path / "scratch")
+
+
+def test_a_state_in_use_is_refused_and_untouched(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    settings = make_settings(storage_root=str(small_store(tmp_path / "store")), state_path=str(state))
+    with StateLock(state), pytest.raises(UsageError, match="in use"):
+        run_audit(settings, tmp_path / "run")
+    assert not state.exists() and not (tmp_path / "run" / "rounds.jsonl").exists()
+
+
+def test_corrupt_state_is_refused_before_any_round(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text('{"rounds_executed": "many"}')
+    settings = make_settings(storage_root=str(small_store(tmp_path / "store")), state_path=str(state))
+    with pytest.raises(UsageError, match=str(state)):
+        run_audit(settings, tmp_path / "run")
+    assert state.read_text() == '{"rounds_executed": "many"}'
+    assert not (tmp_path / "run" / "rounds.jsonl").exists()
+
+
+@pytest.mark.parametrize(("mode", "shown"), [("always", True), ("never", False), ("auto", False)])
+def test_progress_draws_only_when_wanted(mode: str, shown: bool) -> None:
+    stream = io.StringIO()  # not a terminal: `auto` stays quiet
+    progress = Progress(mode, 10, stream)
+    totals = RunTotals(rounds=3, checks=3, passed=2, failed=1)
+    progress.update(totals, load_state("/nonexistent"), force=True)
+    progress.close()
+    assert ("\rround 3/10" in stream.getvalue()) is shown
