@@ -1,0 +1,490 @@
+"""The multirun summary: every job's result in one table, one CSV, one JSON and one plot.
+
+Registered in `conf/config.yaml` under `hydra.callbacks`, so every `-m` sweep gets it, whatever the
+launcher (basic, joblib, Ray, SLURM via submitit) or sweeper (basic, Optuna):
+
+- `on_job_start` / `on_job_end` run where the job runs (a joblib or Ray worker too) and keep the
+  job's `result.json` current: `running` first, then `completed` or `failed` with the error. A
+  study job writes its metrics there itself (`study`); a plain audit job gets the numbers of its
+  run summary. A job whose worker died stays `running` and is listed as failed.
+- `on_multirun_end` runs in the driver and writes, into the sweep directory, `sweep_summary.csv`,
+  `sweep_summary.json` and `sweep_summary.png` (checks spent against detection and against
+  recovery latency, the Pareto front of each scenario marked), then prints the table.
+
+Why also at interpreter exit: Hydra's sweepers re-raise the first failed job's error after its
+batch, and then `on_multirun_end` never runs. The summary is what tells which job failed and why,
+so the driver writes it from an `atexit` hook in that case (exactly once either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .study import RESULT_FILE, write_json_atomic
+
+SUMMARY_CSV = "sweep_summary.csv"
+SUMMARY_JSON = "sweep_summary.json"
+SUMMARY_PNG = "sweep_summary.png"
+DIED = "job did not finish: no end was recorded (its worker died or was killed)"
+
+# Columns of the CSV and the printed table, in order; metric columns follow study.StudyMetrics.
+ID_COLUMNS = ("job", "status", "scenario", "overrides", "objective")
+METRIC_COLUMNS = (
+    "checks_spent",
+    "detection_latency_ms",
+    "detection_latency_rounds",
+    "undetected_episodes",
+    "recovery_latency_ms",
+    "recovery_latency_rounds",
+    "unrecovered_repairs",
+    "checks_known_bad",
+    "checks_on_faulty_data",
+    "rounds_skipped_by_backoff",
+    "failed_checks",
+    "fault_episodes",
+    "repairs",
+    "rounds",
+)
+FRONT_COLUMNS = ("pareto_detection", "pareto_recovery")
+# Plain audit jobs (scenario none): summary.json key -> metric column.
+_AUDIT_METRICS = {
+    "checks_spent": "checks_spent",
+    "failed_checks": "failed_checks",
+    "rounds_skipped_by_backoff": "rounds_skipped_by_backoff",
+    "rounds": "rounds",
+}
+
+
+# ---------------------------------------------------------------------- job records
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None if it is missing or unreadable (never raises)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def job_identity(hydra: DictConfig) -> dict[str, Any]:
+    """Job number, overrides and config-group choices from a job's `hydra` node (Hydra's own
+    groups left out), as they appear in `result.json` and the summary."""
+    choices = OmegaConf.to_container(hydra.runtime.choices) or {}
+    assert isinstance(choices, dict)
+    return {
+        "job": OmegaConf.select(hydra, "job.num", default=None),
+        "overrides": list(hydra.overrides.task),
+        "choices": {k: v for k, v in choices.items() if not str(k).startswith("hydra")},
+    }
+
+
+def end_record(previous: Mapping[str, Any] | None, job_return: JobReturn) -> dict[str, Any]:
+    """The job's final record: what the job wrote itself, plus Hydra's verdict on it."""
+    record = dict(previous or {})
+    if job_return.status == JobStatus.COMPLETED:
+        value = job_return._return_value
+        record.setdefault("metrics", {})
+        if record.get("status") != "failed":
+            record["status"] = "completed"
+        if record.get("objective") is None and isinstance(value, int | float):
+            record["objective"] = float(value)
+        return record
+    error = job_return._return_value
+    record["status"] = "failed"
+    record.setdefault("error", f"{type(error).__name__}: {error}")
+    return record
+
+
+def _audit_metrics(job_dir: Path) -> dict[str, Any]:
+    """For a plain audit job: the run's totals from its summary.json (if it got that far)."""
+    summary = read_json(job_dir / "summary.json") or {}
+    return {column: summary[key] for key, column in _AUDIT_METRICS.items() if key in summary}
+
+
+class SweepSummary(Callback):
+    """Hydra callback: per-job `result.json`, and the sweep summary files and plot at the end."""
+
+    def __init__(self, plot: bool = True, print_table: bool = True) -> None:
+        self.plot = plot
+        self.print_table = print_table
+        self._pending: Path | None = None
+
+    # -- in the job's process (local, joblib worker, Ray worker, SLURM node)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mark the job `running`, so a job whose worker dies still shows up."""
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        job_dir = Path(config.hydra.runtime.output_dir)
+        write_json_atomic(job_dir / RESULT_FILE, {**job_identity(config.hydra), "status": "running"})
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Record the outcome next to whatever the job itself wrote (a study's metrics)."""
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        job_dir = Path(config.hydra.runtime.output_dir)
+        record = end_record(read_json(job_dir / RESULT_FILE), job_return)
+        record.update(job_identity(config.hydra))
+        if not record.get("metrics") and record["status"] == "completed":
+            record["metrics"] = _audit_metrics(job_dir)
+        write_json_atomic(job_dir / RESULT_FILE, record)
+
+    # -- in the driver
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Arm the exit-time fallback (see the module docstring)."""
+        self._pending = Path(str(config.hydra.sweep.dir)).absolute()
+        atexit.register(self._write_if_pending)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = self._pending or Path(str(config.hydra.sweep.dir)).absolute()
+        self._pending = None
+        self.write(sweep_dir)
+
+    def _write_if_pending(self) -> None:
+        if self._pending is not None:
+            sweep_dir, self._pending = self._pending, None
+            print(f"sweep stopped by a failed job; summary of what ran: {sweep_dir / SUMMARY_CSV}")
+            self.write(sweep_dir)
+
+    def write(self, sweep_dir: Path) -> list[dict[str, Any]]:
+        """Write the summary files (and plot) for `sweep_dir`; returns the rows."""
+        rows = write_summary(sweep_dir, plot=self.plot)
+        if self.print_table:
+            print(format_table(rows), flush=True)
+        return rows
+
+
+# ---------------------------------------------------------------------- aggregation
+
+
+def collect_records(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(job dir, record) of every job under `sweep_dir`, in job order."""
+    found = []
+    for path in sweep_dir.rglob(RESULT_FILE):
+        if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts[:-1]):
+            continue
+        record = read_json(path)
+        if record is not None:
+            found.append((path.parent, record))
+    return sorted(found, key=lambda item: (_job_number(item[1]), str(item[0])))
+
+
+def _job_number(record: Mapping[str, Any]) -> float:
+    job = record.get("job")
+    return float(job) if isinstance(job, int) else math.inf
+
+
+def to_row(job_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row: identity, status, objective, metrics, Pareto marks, error, job dir (relative)."""
+    status = record.get("status", "failed")
+    error = record.get("error")
+    if status == "running":
+        status, error = "failed", DIED
+    metrics = record.get("metrics") or {}
+    choices = record.get("choices") or {}
+    row: dict[str, Any] = {
+        "job": record.get("job"),
+        "status": status,
+        "scenario": record.get("scenario") or choices.get("scenario"),
+        "overrides": " ".join(record.get("overrides") or []),
+        "objective": record.get("objective"),
+    }
+    row.update({column: metrics.get(column) for column in METRIC_COLUMNS})
+    row.update({column: False for column in FRONT_COLUMNS})
+    row["error"] = error
+    row["job_dir"] = str(job_dir)
+    return row
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
+    """Indices of the points no other point beats on both axes (both minimized)."""
+    front = set()
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (ox <= x and oy <= y) and (ox < x or oy < y) for j, (ox, oy) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.add(i)
+    return front
+
+
+def mark_fronts(rows: list[dict[str, Any]]) -> None:
+    """Set `pareto_detection` / `pareto_recovery` within each scenario (fronts across scenarios mean
+    nothing: the faults differ)."""
+    for column, latency in zip(FRONT_COLUMNS, ("detection_latency_ms", "recovery_latency_ms"), strict=True):
+        for group in _by_scenario(rows, latency).values():
+            points = [(float(r["checks_spent"]), float(r[latency])) for r in group]
+            for index in pareto_front(points):
+                group[index][column] = True
+
+
+def _by_scenario(rows: Iterable[dict[str, Any]], latency: str) -> dict[str, list[dict[str, Any]]]:
+    """Completed rows that have both coordinates, grouped by scenario."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "completed" and row["checks_spent"] is not None and row[latency] is not None:
+            groups.setdefault(str(row["scenario"]), []).append(row)
+    return groups
+
+
+def varying_overrides(rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Override keys whose value differs between jobs (what the sweep is about)."""
+    values: dict[str, set[str]] = {}
+    for row in rows:
+        for item in str(row["overrides"]).split():
+            key, _, value = item.partition("=")
+            values.setdefault(key, set()).add(value)
+    for row in rows:  # a key missing from some jobs varies too
+        keys = {item.partition("=")[0] for item in str(row["overrides"]).split()}
+        for key in values:
+            if key not in keys:
+                values[key].add("")
+    return {key for key, seen in values.items() if len(seen) > 1}
+
+
+def label(row: Mapping[str, Any], varying: set[str]) -> str:
+    """The job's distinguishing overrides, scenario left out (the plot colors by scenario)."""
+    items = [
+        item
+        for item in str(row["overrides"]).split()
+        if item.partition("=")[0] in varying and item.partition("=")[0] != "scenario"
+    ]
+    return " ".join(items) or f"job {row['job']}"
+
+
+def write_summary(sweep_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]:
+    """Aggregate every job's `result.json` under `sweep_dir` into the CSV, JSON and PNG."""
+    rows = [to_row(job_dir.relative_to(sweep_dir), record) for job_dir, record in collect_records(sweep_dir)]
+    mark_fronts(rows)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    columns = [*ID_COLUMNS, *METRIC_COLUMNS, *FRONT_COLUMNS, "error", "job_dir"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
+    _write_text_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
+    failed = [r for r in rows if r["status"] != "completed"]
+    write_json_atomic(
+        sweep_dir / SUMMARY_JSON,
+        {
+            "sweep_dir": str(sweep_dir),
+            "jobs": len(rows),
+            "completed": len(rows) - len(failed),
+            "failed": len(failed),
+            "rows": rows,
+        },
+    )
+    if plot:
+        plot_summary(rows, sweep_dir / SUMMARY_PNG)
+    return rows
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- the plot
+
+_AXES = (("detection_latency_ms", "pareto_detection"), ("recovery_latency_ms", "pareto_recovery"))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+
+
+def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Checks spent against detection and recovery latency, one color per scenario, fronts marked.
+
+    One marker shape per swept setting (e.g. per policy preset) when there are few, else each
+    point is annotated with its job number (the CSV maps numbers to overrides). Always writes the
+    PNG; with nothing to plot (plain audits, every job failed) it says why. matplotlib is imported
+    here, with the file-only Agg backend, so loading the callback (every Hydra start) stays cheap.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    varying = varying_overrides(rows)
+    done = [r for r in rows if r["status"] == "completed"]
+    scenarios = sorted({str(r["scenario"]) for r in done})
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(scenarios)}
+    labels = sorted({label(r, varying) for r in done})
+    markers = dict(zip(labels, _MARKERS, strict=False)) if len(labels) <= len(_MARKERS) else {}
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 5.8))
+    for ax, (latency, front_column) in zip(axes, _AXES, strict=True):
+        groups = _by_scenario(rows, latency)
+        for name, group in sorted(groups.items()):
+            _plot_group(ax, group, latency, front_column, colors[name], markers, varying)
+        ax.set_xlabel("checks spent (cost)")
+        ax.set_ylabel(latency.replace("_", " "))
+        ax.set_title(f"cost vs {latency.split('_')[0]} latency (lower left is better)")
+        ax.grid(True, alpha=0.3)
+        if not groups:
+            ax.text(0.5, 0.5, "no scenario metrics to plot", ha="center", va="center", transform=ax.transAxes)
+    handles = [Line2D([], [], color=colors[n], marker="o", linestyle="", label=n) for n in scenarios]
+    handles += [Line2D([], [], color="gray", marker=m, linestyle="", label=t) for t, m in markers.items()]
+    handles.append(Line2D([], [], color="gray", marker="o", mfc="none", ms=11, ls="--", label="Pareto front"))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    failed = len(rows) - len(done)
+    fig.suptitle(f"{len(rows)} jobs ({failed} failed): cost against latency, Pareto front of each scenario")
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_group(
+    ax: Any,
+    group: list[dict[str, Any]],
+    latency: str,
+    front: str,
+    color: Any,
+    markers: Mapping[str, str],
+    varying: set[str],
+) -> None:
+    """One scenario's points (shape by swept setting) and its Pareto front as a dashed staircase."""
+    xs = [float(r["checks_spent"]) for r in group]
+    ys = [float(r[latency]) for r in group]
+    for x, y, row in zip(xs, ys, group, strict=True):
+        ax.scatter([x], [y], color=color, marker=markers.get(label(row, varying), "o"), s=34, zorder=3)
+        if not markers:
+            ax.annotate(str(row["job"]), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    on_front = sorted((x, y) for x, y, r in zip(xs, ys, group, strict=True) if r[front])
+    if on_front:
+        px, py = zip(*on_front, strict=True)
+        ax.plot(
+            px, py, color=color, linewidth=1.0, linestyle="--", alpha=0.7, drawstyle="steps-post", zorder=2
+        )
+        ax.scatter(px, py, s=150, facecolors="none", edgecolors=color, zorder=4)
+
+
+# ---------------------------------------------------------------------- the printed table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "*" if value else ""
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() or abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A fixed-width table for the terminal: one line per job, failed jobs with their error."""
+    varying = varying_overrides(rows)
+    headers = ("job", "status", "scenario", "sweep", "checks", "detect_ms", "undet", "recover_ms")
+    headers += ("known_bad", "skipped", "objective", "front")
+    lines = []
+    for row in rows:
+        front = ("D" if row["pareto_detection"] else "") + ("R" if row["pareto_recovery"] else "")
+        cells = (row["job"], row["status"], row["scenario"], label(row, varying), row["checks_spent"])
+        cells += (row["detection_latency_ms"], row["undetected_episodes"], row["recovery_latency_ms"])
+        cells += (row["checks_known_bad"], row["rounds_skipped_by_backoff"], row["objective"], front)
+        lines.append([_cell(c) for c in cells])
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)
+    ]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for line, row in zip(lines, rows, strict=True):
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        if row["error"]:
+            out.append(f"    error: {row['error']}")
+    completed = sum(1 for r in rows if r["status"] == "completed")
+    out.append(f"{len(rows)} jobs: {completed} completed, {len(rows) - completed} failed")
+    out.append("front: D = on the checks/detection Pareto front of its scenario, R = checks/recovery")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- grouped means (CLI)
+
+GROUP_METRICS = (
+    "checks_spent",
+    "detection_latency_ms",
+    "undetected_episodes",
+    "recovery_latency_ms",
+    "unrecovered_repairs",
+    "checks_known_bad",
+    "rounds_skipped_by_backoff",
+    "objective",
+)
+
+
+def override_value(row: Mapping[str, Any], key: str) -> str:
+    """The value `key` had in the job's overrides (`scenario` falls back to the row's scenario)."""
+    for item in str(row["overrides"]).split():
+        name, _, value = item.partition("=")
+        if name.lstrip("+~") == key:
+            return value
+    return str(row["scenario"]) if key == "scenario" else "-"
+
+
+def group_means(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean of each metric over the completed jobs sharing the values of `keys`.
+
+    Why: one fault at one blob measures one cursor phase; sweeping the target (or any nuisance
+    key) and averaging gives the expected latency instead of a lucky or unlucky draw.
+    """
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(override_value(row, k) for k in keys), []).append(row)
+    out = []
+    for values, members in groups.items():
+        done = [r for r in members if r["status"] == "completed"]
+        entry: dict[str, Any] = dict(zip(keys, values, strict=True))
+        entry.update(jobs=len(members), failed=len(members) - len(done))
+        for metric in GROUP_METRICS:
+            numbers = [float(r[metric]) for r in done if r.get(metric) is not None]
+            entry[metric] = sum(numbers) / len(numbers) if numbers else None
+        out.append(entry)
+    return out
+
+
+def format_groups(groups: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """The grouped means as a fixed-width table."""
+    headers = [*keys, "jobs", "failed", *GROUP_METRICS]
+    lines = [[_cell(g[h]) for h in headers] for g in groups]
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(headers)]
+    text = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    text += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    return "\n".join(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m distfs_pipeline.sweep SWEEP_DIR [--by KEY ...]`: (re)write the summary of a sweep
+    directory, print it, and with `--by` print the mean of each metric per group of override values."""
+    parser = argparse.ArgumentParser(prog="python -m distfs_pipeline.sweep", description=main.__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--by", nargs="+", default=[], metavar="KEY", help="override keys to group by")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    rows = write_summary(args.sweep_dir, plot=not args.no_plot)
+    print(format_table(rows))
+    if args.by:
+        print()
+        print(format_groups(group_means(rows, args.by), args.by))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Real multiruns through the CLI: basic, joblib and Ray launchers, the Optuna sweeper, a failed job.
+
+Each test starts `python -m distfs_pipeline -m ...` as a user would and reads the files the sweep
+leaves. They are kept few and small: every Hydra start costs about a second, Ray about ten. Ray and
+Optuna come with the `test` extra; a machine without them skips those tests, CI (CI set) fails them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from distfs_pipeline import sweep
+
+# lost_blob, moved early so a 30-round run shows the fault (round 5) and the repair (round 15).
+EARLY_LOST_BLOB = (
+    "scenario=lost_blob",
+    "scenario.faults.0.at_round=5",
+    "scenario.faults.0.repair_at_round=15",
+    "runtime.rounds=30",
+)
+POLICIES = "policy=default,steady,thrifty"
+
+
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo store for the whole module (built by the first job, shared by the rest)."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+def multirun(
+    cwd: Path, cache_home: Path, *overrides: str, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "distfs_pipeline", "-m", f"hydra.sweep.dir={cwd / 'sweep'}"]
+    command += ["runtime.progress=never", *overrides]
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def summary(cwd: Path) -> dict[str, Any]:
+    sweep_dir = cwd / "sweep"
+    assert (sweep_dir / sweep.SUMMARY_CSV).is_file()
+    assert (sweep_dir / sweep.SUMMARY_PNG).read_bytes().startswith(b"\x89PNG")
+    data: dict[str, Any] = json.loads((sweep_dir / sweep.SUMMARY_JSON).read_text())
+    return data
+
+
+def require(module: str) -> None:
+    """Skip without an optional launcher/sweeper, except in CI, where its absence is a failure."""
+    if importlib.util.find_spec(module) is None:
+        message = f"{module} is not installed (pip install -e '.[test]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def assert_policy_study(data: dict[str, Any]) -> None:
+    rows = data["rows"]
+    assert (data["jobs"], data["completed"], data["failed"]) == (3, 3, 0)
+    policies = [next(o for o in r["overrides"].split() if o.startswith("policy=")) for r in rows]
+    assert policies == ["policy=default", "policy=steady", "policy=thrifty"]
+    for row in rows:
+        assert row["scenario"] == "lost_blob" and row["detection_latency_ms"] is not None
+        result = json.loads((Path(data["sweep_dir"]) / row["job_dir"] / "result.json").read_text())
+        assert result["objective"] == row["objective"] and result["status"] == "completed"
+    assert any(r["pareto_detection"] for r in rows) and any(r["pareto_recovery"] for r in rows)
+
+
+def test_basic_launcher_three_jobs_leave_the_summary_files_and_plot(tmp_path: Path, cache_home: Path) -> None:
+    done = multirun(tmp_path, cache_home, *EARLY_LOST_BLOB, POLICIES)
+    assert done.returncode == 0, done.stderr
+    assert_policy_study(summary(tmp_path))
+    assert "3 jobs: 3 completed, 0 failed" in done.stdout
+
+
+def test_joblib_launcher_runs_the_jobs_in_parallel_workers(tmp_path: Path, cache_home: Path) -> None:
+    done = multirun(
+        tmp_path, cache_home, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *EARLY_LOST_BLOB, POLICIES
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Joblib.Parallel" in done.stdout + done.stderr
+    assert_policy_study(summary(tmp_path))
+
+
+def test_ray_launcher_on_a_local_ray_runtime(tmp_path: Path, cache_home: Path) -> None:
+    require("hydra_plugins.hydra_ray_launcher")
+    ray = ("hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2")
+    ray += ("+hydra.launcher.ray.init.include_dashboard=false",)
+    done = multirun(tmp_path, cache_home, *ray, *EARLY_LOST_BLOB, POLICIES, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Ray Launcher is launching 3 jobs" in done.stdout + done.stderr
+    assert_policy_study(summary(tmp_path))
+
+
+def test_optuna_sweeper_minimizes_the_study_objective(tmp_path: Path, cache_home: Path) -> None:
+    require("hydra_plugins.hydra_optuna_sweeper")
+    optuna = ("hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
+    optuna += (
+        "hydra.sweeper.sampler.seed=7",
+        "policy=steady",
+        "policy.backoff_base_ms=range(0,3000,step=500)",
+    )
+    slow = ("scenario=slow_disk", "scenario.faults.0.at_round=5", "scenario.faults.0.repair_at_round=20")
+    done = multirun(tmp_path, cache_home, *optuna, *slow, "runtime.rounds=40")
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = summary(tmp_path)
+    assert (data["jobs"], data["completed"]) == (4, 4)
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == min(r["objective"] for r in data["rows"])
+
+
+def test_a_failed_job_is_listed_with_its_error_and_the_others_are_kept(
+    tmp_path: Path, cache_home: Path
+) -> None:
+    done = multirun(tmp_path, cache_home, *EARLY_LOST_BLOB, "scenario.faults.0.target_index=99,10")
+    assert done.returncode == 1  # Hydra re-raises the failed job after the batch
+    rows = summary(tmp_path)["rows"]
+    assert [r["status"] for r in rows] == ["failed", "completed"]
+    assert "target_index 99 + blobs 1 exceeds the 40 audit candidates" in rows[0]["error"]
+    assert rows[1]["detection_latency_ms"] is not None
+    assert "error: UsageError: scenario.faults[0]: target_index 99" in done.stdout
+
+
+def test_plain_audit_sweep_gets_a_summary_from_the_run_summaries(tmp_path: Path, cache_home: Path) -> None:
+    done = multirun(tmp_path, cache_home, "policy=default,steady", "runtime.rounds=5")
+    assert done.returncode == 0, done.stderr
+    rows = summary(tmp_path)["rows"]
+    assert [(r["status"], r["scenario"], r["checks_spent"], r["rounds"]) for r in rows] == [
+        ("completed", "none", 5, 5),
+        ("completed", "none", 5, 5),
+    ]
