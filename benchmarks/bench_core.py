@@ -30,9 +30,9 @@ import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline.challenge import SampleReader, issue_storage_challenge, run_check, scheduled_probe_ids
+from distfs_pipeline.challenge import SampleReader, issue_storage_challenge, probe_request, run_check
 from distfs_pipeline.chunks import make_reader
-from distfs_pipeline.models import StorageChallengeRequest, VerifyOptions
+from distfs_pipeline.models import ProbeConfig, StorageChallengeRequest, VerifyOptions
 from distfs_pipeline.store import LocalCasStore
 
 BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench-core"))
@@ -63,15 +63,13 @@ def cached_store(count: int, size: int) -> tuple[LocalCasStore, list[str]]:
 
 def requests(hashes: list[str], rounds: int) -> list[StorageChallengeRequest]:
     """The scheduled requests of `rounds` one-check rounds walking the store with the cursor."""
-    out = []
-    for cursor in range(rounds):
-        observed = START_MS + cursor * TICK_MS
-        content_hash = hashes[cursor % len(hashes)]
-        challenge_id, seed = scheduled_probe_ids(WORLD, NODE, observed, cursor, 0, content_hash)
-        out.append(
-            StorageChallengeRequest(challenge_id, WORLD, NODE, content_hash, SAMPLE, observed, TTL_MS, seed)
+    probe = ProbeConfig(max_sample_bytes=SAMPLE, challenge_ttl_ms=TTL_MS)
+    return [
+        probe_request(
+            probe, WORLD, NODE, START_MS + cursor * TICK_MS, 0, hashes[cursor % len(hashes)], cursor=cursor
         )
-    return out
+        for cursor in range(rounds)
+    ]
 
 
 def best_of(repeats: int, run: Callable[[], None]) -> float:

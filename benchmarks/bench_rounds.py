@@ -8,8 +8,9 @@ O(store) once per process, cached afterwards) added. The target is <= 1.5x: anyt
 sorts or stats the whole store per round shows up in the rounds ratio as something near 100x.
 
 Stores are built once with tiny blobs and cached under /tmp/distfs-bench (override with
-DISTFS_BENCH_DIR; `--rebuild` after a change of the store's on-disk format), so reruns start
-measuring at once. Run: `python benchmarks/bench_rounds.py [--rounds N] [--repeat N]`.
+DISTFS_BENCH_DIR), so reruns start measuring at once. A cached store built for another
+`STORE_FORMAT` is rebuilt; `--rebuild` forces it.
+Run: `python benchmarks/bench_rounds.py [--rounds N] [--repeat N]`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from distfs_pipeline.store import LocalCasStore, blake3_hex
 BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench"))
 SMALL, BIG = 1_000, 100_000
 TARGET_RATIO = 1.5
+# Bump when what `put` leaves on disk changes, so cached stores are rebuilt (2: index snapshot).
+STORE_FORMAT = 2
 START_MS, TICK_MS = 1_700_000_000_000, 1_000
 
 
@@ -44,16 +47,17 @@ def blob_bytes(i: int) -> bytes:
 def _cached(kind: str, n: int, build: Callable[[Path, int], None], rebuild: bool) -> Path:
     """Build the store once; a marker beside it (never inside the audited store) says it is complete.
 
-    `rebuild` discards a cached store, e.g. after the store's on-disk index format changed.
+    The marker names the `STORE_FORMAT` it was built for; `rebuild` discards a cached store anyway.
     """
     root, done = BENCH_ROOT / f"{kind}-{n}", BENCH_ROOT / f"{kind}-{n}.done"
+    marker = f"{n} format={STORE_FORMAT}\n"
     if rebuild:
         done.unlink(missing_ok=True)
-    if not done.exists():
+    if not done.exists() or done.read_text() != marker:
         shutil.rmtree(root, ignore_errors=True)
         started = time.perf_counter()
         build(root, n)
-        done.write_text(f"{n}\n")
+        done.write_text(marker)
         print(f"built {kind} store of {n} blobs in {time.perf_counter() - started:.1f}s: {root}")
     return root
 

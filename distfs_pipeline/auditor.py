@@ -19,17 +19,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from . import scheduler
-from .challenge import classify_world_error_reason, record_outcome, run_check, scheduled_probe_ids
+from .challenge import classify_world_error_reason, probe_request, record_outcome, run_check
 from .chunks import make_reader
 from .errors import DistributedValidationFailed, WorldError
-from .models import (
-    AdaptivePolicy,
-    CursorState,
-    ProbeConfig,
-    RoundReport,
-    StorageChallengeRequest,
-    VerifyOptions,
-)
+from .models import AdaptivePolicy, CursorState, ProbeConfig, RoundReport, VerifyOptions
 from .store import LocalCasStore
 
 
@@ -105,30 +98,22 @@ class Auditor:
             return
         checks = min(self.probe.challenges_per_tick, self.policy.max_checks_per_round, n)
         start = state.next_blob_cursor % n
+        observed_ms = report.observed_at_unix_ms
         for index in range(checks):
             content_hash = hashes[(start + index) % n]
-            request = self._request(state.next_blob_cursor, index, content_hash, report.observed_at_unix_ms)
-            responded_at = report.observed_at_unix_ms + self._delay(content_hash)
+            # Ids use the raw (pre-modulo) cursor, as upstream does.
+            request = probe_request(
+                self.probe,
+                self.world_id,
+                self.node_id,
+                observed_ms,
+                index,
+                content_hash,
+                cursor=state.next_blob_cursor,
+            )
+            responded_at = observed_ms + self._delay(content_hash)
             outcome = run_check(self._reader, request, responded_at, self.probe.allowed_clock_skew_ms)
             record_outcome(report, outcome)
-
-    def _request(
-        self, cursor: int, index: int, content_hash: str, observed_ms: int
-    ) -> StorageChallengeRequest:
-        """The scheduled request; ids use the raw (pre-modulo) cursor, as upstream does."""
-        challenge_id, vrf_seed = scheduled_probe_ids(
-            self.world_id, self.node_id, observed_ms, cursor, index, content_hash
-        )
-        return StorageChallengeRequest(
-            challenge_id=challenge_id,
-            world_id=self.world_id,
-            node_id=self.node_id,
-            content_hash=content_hash,
-            max_sample_bytes=self.probe.max_sample_bytes,
-            issued_at_unix_ms=observed_ms,
-            challenge_ttl_ms=self.probe.challenge_ttl_ms,
-            vrf_seed=vrf_seed,
-        )
 
     def _listing_failed(
         self, state: CursorState, observed_ms: int, err: WorldError

@@ -45,6 +45,7 @@ from .models import (
     StorageChallengeReceipt,
     StorageChallengeRequest,
 )
+from .scheduler import validate_probe_config  # SPEC 2.9's config checks are 2.10's: one serves both
 from .store import blake3_hex, validate_hash
 
 if TYPE_CHECKING:
@@ -149,17 +150,32 @@ def sample_window(content_hash: str, vrf_seed: str, blob_len: int, max_sample_by
 # ---------------------------------------------------------------------- validation
 
 
+def _empty_field(name: str) -> DistributedValidationFailed:
+    return DistributedValidationFailed(f"storage challenge field {name} cannot be empty")
+
+
 def _non_empty(value: str, name: str) -> None:
     if not value.strip():
-        raise DistributedValidationFailed(f"storage challenge field {name} cannot be empty")
+        raise _empty_field(name)
+
+
+def _require_fields(value: object, *names: str) -> None:
+    """`_non_empty` for each named field of `value`, in order (inlined: it runs on every check)."""
+    for name in names:
+        if not getattr(value, name).strip():
+            raise _empty_field(name)
+
+
+def _require_version(kind: str, version: int) -> None:
+    if version != STORAGE_CHALLENGE_VERSION:
+        raise DistributedValidationFailed(
+            f"unsupported {kind} version: expected={STORAGE_CHALLENGE_VERSION} actual={version}"
+        )
 
 
 def validate_request(request: StorageChallengeRequest) -> None:
     """SPEC 2.3 step 1, in upstream order."""
-    _non_empty(request.challenge_id, "challenge_id")
-    _non_empty(request.world_id, "world_id")
-    _non_empty(request.node_id, "node_id")
-    _non_empty(request.vrf_seed, "vrf_seed")
+    _require_fields(request, "challenge_id", "world_id", "node_id", "vrf_seed")
     validate_hash(request.content_hash)
     if request.max_sample_bytes < 1:
         raise DistributedValidationFailed("max_sample_bytes must be >= 1")
@@ -169,15 +185,8 @@ def validate_request(request: StorageChallengeRequest) -> None:
 
 def validate_challenge(challenge: StorageChallenge) -> None:
     """`validate_storage_challenge` (SPEC 2.5 step 1)."""
-    if challenge.version != STORAGE_CHALLENGE_VERSION:
-        raise DistributedValidationFailed(
-            "unsupported storage challenge version: "
-            f"expected={STORAGE_CHALLENGE_VERSION} actual={challenge.version}"
-        )
-    _non_empty(challenge.challenge_id, "challenge_id")
-    _non_empty(challenge.world_id, "world_id")
-    _non_empty(challenge.node_id, "node_id")
-    _non_empty(challenge.vrf_seed, "vrf_seed")
+    _require_version("storage challenge", challenge.version)
+    _require_fields(challenge, "challenge_id", "world_id", "node_id", "vrf_seed")
     validate_hash(challenge.content_hash)
     validate_hash(challenge.expected_sample_hash)
     if challenge.expires_at_unix_ms < challenge.issued_at_unix_ms:
@@ -189,28 +198,10 @@ def validate_challenge(challenge: StorageChallenge) -> None:
 
 def validate_receipt(receipt: StorageChallengeReceipt) -> None:
     """`validate_storage_challenge_receipt` (SPEC 2.6 step 3)."""
-    if receipt.version != STORAGE_CHALLENGE_VERSION:
-        raise DistributedValidationFailed(
-            "unsupported storage challenge receipt version: "
-            f"expected={STORAGE_CHALLENGE_VERSION} actual={receipt.version}"
-        )
-    _non_empty(receipt.challenge_id, "challenge_id")
-    _non_empty(receipt.node_id, "node_id")
-    _non_empty(receipt.proof_kind, "proof_kind")
+    _require_version("storage challenge receipt", receipt.version)
+    _require_fields(receipt, "challenge_id", "node_id", "proof_kind")
     validate_hash(receipt.content_hash)
     validate_hash(receipt.sample_hash)
-
-
-def validate_probe_config(config: ProbeConfig) -> None:
-    """The stateless probe's config checks (SPEC 2.9), in upstream order."""
-    if config.max_sample_bytes < 1:
-        raise DistributedValidationFailed("probe max_sample_bytes must be >= 1")
-    if config.challenges_per_tick < 1:
-        raise DistributedValidationFailed("probe challenges_per_tick must be >= 1")
-    if config.challenge_ttl_ms <= 0:
-        raise DistributedValidationFailed("probe challenge_ttl_ms must be > 0")
-    if config.allowed_clock_skew_ms < 0:
-        raise DistributedValidationFailed("probe allowed_clock_skew_ms must be >= 0")
 
 
 # ---------------------------------------------------------------------- issue / answer / verify
@@ -501,6 +492,39 @@ def scheduled_probe_ids(
     return challenge_id, f"{world_id}:{node_id}:{observed_ms}:{cursor}:{index}"
 
 
+def probe_request(
+    config: ProbeConfig,
+    world_id: str,
+    node_id: str,
+    observed_ms: int,
+    index: int,
+    content_hash: str,
+    *,
+    cursor: int | None = None,
+) -> StorageChallengeRequest:
+    """The request of check `index` of a round at `observed_ms`, issued then and living the TTL.
+
+    Ids and seed are the stateless probe's (`probe_ids`), or with the round's raw (pre-modulo)
+    `cursor` a scheduled round's (`scheduled_probe_ids`), as upstream builds them.
+    """
+    if cursor is None:
+        challenge_id, vrf_seed = probe_ids(world_id, node_id, observed_ms, index, content_hash)
+    else:
+        challenge_id, vrf_seed = scheduled_probe_ids(
+            world_id, node_id, observed_ms, cursor, index, content_hash
+        )
+    return StorageChallengeRequest(
+        challenge_id=challenge_id,
+        world_id=world_id,
+        node_id=node_id,
+        content_hash=content_hash,
+        max_sample_bytes=config.max_sample_bytes,
+        issued_at_unix_ms=observed_ms,
+        challenge_ttl_ms=config.challenge_ttl_ms,
+        vrf_seed=vrf_seed,
+    )
+
+
 def probe_start_index(world_id: str, node_id: str, observed_ms: int, candidate_count: int) -> int:
     """0 for at most one candidate, else BLAKE3("{world}:{node}:{ms}")[0..8] LE mod count."""
     if candidate_count <= 1:
@@ -556,16 +580,6 @@ def probe_storage_challenges(
     start = probe_start_index(world_id, node_id, observed_ms, len(hashes))
     for index in range(min(config.challenges_per_tick, len(hashes))):
         content_hash = hashes[(start + index) % len(hashes)]
-        challenge_id, vrf_seed = probe_ids(world_id, node_id, observed_ms, index, content_hash)
-        request = StorageChallengeRequest(
-            challenge_id=challenge_id,
-            world_id=world_id,
-            node_id=node_id,
-            content_hash=content_hash,
-            max_sample_bytes=config.max_sample_bytes,
-            issued_at_unix_ms=observed_ms,
-            challenge_ttl_ms=config.challenge_ttl_ms,
-            vrf_seed=vrf_seed,
-        )
+        request = probe_request(config, world_id, node_id, observed_ms, index, content_hash)
         record_outcome(report, run_check(reader, request, observed_ms, config.allowed_clock_skew_ms))
     return report

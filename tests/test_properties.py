@@ -1,19 +1,24 @@
-"""Properties of the scheduler that must hold for any sequence of rounds.
+"""Properties of the scheduler that must hold for any sequence of rounds, and of the store's index.
 
-Two drivers: the pure `advance`/`skip_for_backoff` pair fed generated reports (fast, many cases),
-and a real store audited by `Auditor` with a generated set of tampered blobs (slower, fewer cases).
+Two drivers for the scheduler: the pure `advance`/`skip_for_backoff` pair fed generated reports
+(fast, many cases), and a real store audited by `Auditor` with a generated set of tampered blobs
+(slower, fewer cases). For the index: its fast paths (bulk parsing, the sorted snapshot, merging
+appended tails) give what the per-line rules give for the whole log, whatever the log holds.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distfs_pipeline import scheduler
+from distfs_pipeline import store as store_module
 from distfs_pipeline.auditor import Auditor
 from distfs_pipeline.models import (
     AdaptivePolicy,
@@ -23,7 +28,7 @@ from distfs_pipeline.models import (
     RoundReport,
     VerifyOptions,
 )
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.store import INDEX_FILE, SNAPSHOT_FILE, LocalCasStore
 
 REASON_KEYS = [reason.value for reason in FailureReason]
 
@@ -180,3 +185,87 @@ def test_auditor_properties_on_a_real_store(tmp_path: Path, data: st.DataObject)
             totals.add(report, report.backoff.backoff_ms)
         state = new
     totals.assert_matches(state)
+
+
+# ---------------------------------------------------------------------- the must-hold index
+
+_HEX = "0123456789abcdef"
+_ODD_PIECES = ["%", "%20", "%0A", "%2F", "/", "\\", "..", ".", " ", "  ", "\t", "\r", "é", "²", "٣", ""]
+
+index_lines = st.one_of(
+    st.builds("{} {}\n".format, st.text(_HEX, min_size=1, max_size=6), st.integers(0, 10**6)).map(str.encode),
+    st.builds(
+        "{}{}{} {}\n".format,
+        st.text(_HEX, max_size=3),
+        st.sampled_from(_ODD_PIECES),
+        st.text(_HEX, max_size=3),
+        st.sampled_from(["1", "22", "", "x", "²", "٣", "1 2"]),
+    ).map(str.encode),
+    st.text(_HEX, max_size=6).map(lambda h: h.encode() + b"\n"),  # torn
+    st.binary(max_size=8).map(lambda b: b + b"\n"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(index_lines, max_size=40))
+def test_bulk_index_parse_equals_the_per_line_rules(lines: list[bytes]) -> None:
+    block = b"".join(lines)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_PER_LINE_BYTES", 24)  # halve down to a line or two
+        assert store_module._parse_index_lines(block) == store_module._parse_odd_lines(block)
+
+
+def _reference_candidates(root: Path) -> list[str]:
+    log = (root / INDEX_FILE).read_bytes()
+    return sorted(set(store_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
+
+
+store_ops = st.one_of(
+    st.tuples(st.just("puts"), st.lists(st.integers(1, 60), min_size=1, max_size=8)),
+    st.tuples(st.just("append"), index_lines),  # what another writer, a crash or damage leaves
+    st.tuples(st.just("append"), st.text(_HEX, min_size=1, max_size=4).map(str.encode)),  # no newline yet
+    st.just(("snapshot", 0)),
+    st.just(("damage snapshot", 0)),
+    st.just(("replace log", 0)),
+    st.just(("new reader", 0)),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(store_ops, min_size=1, max_size=30))
+def test_index_candidates_are_the_logs_whatever_the_fast_paths_do(tmp_path: Path, ops: list) -> None:
+    root = tmp_path / f"example-{next(_example_ids)}"
+    root.mkdir()
+    index, snapshot = root / INDEX_FILE, root / SNAPSHOT_FILE
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_SNAPSHOT_MIN_BYTES", 64)
+        patch.setattr(store_module, "_INSORT_MAX", 2)  # both merge paths
+        patch.setattr(store_module, "_PER_LINE_BYTES", 24)
+        writer, reader = LocalCasStore(root), LocalCasStore(root)
+        for op, arg in ops:
+            if op == "puts":
+                for size in arg:
+                    writer.put_bytes(blob(size))
+            elif op == "append":
+                with open(index, "ab") as handle:
+                    handle.write(arg)
+            elif op == "snapshot" and index.exists():
+                writer._write_snapshot()
+            elif op == "damage snapshot" and snapshot.exists():
+                raw = bytearray(snapshot.read_bytes())
+                raw[len(raw) // 3] ^= 0x20
+                snapshot.write_bytes(bytes(raw))
+            elif op == "replace log" and index.exists():
+                log = index.read_bytes()
+                (root / "log.new").write_bytes(log[: len(log) // 2])
+                os.replace(root / "log.new", index)
+            elif op == "new reader":
+                reader = LocalCasStore(root)
+            if index.exists():
+                expected = _reference_candidates(root)
+                assert list(reader.candidates()) == expected
+                assert list(LocalCasStore(root).candidates()) == expected

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from distfs_pipeline import store as store_module
-from distfs_pipeline.errors import BlobHashInvalid, BlobHashMismatch, BlobNotFound, Io
-from distfs_pipeline.store import INDEX_FILE, LocalCasStore, blake3_hex, validate_hash
+from distfs_pipeline.errors import (
+    BlobHashInvalid,
+    BlobHashMismatch,
+    BlobNotFound,
+    DistributedValidationFailed,
+    Io,
+)
+from distfs_pipeline.store import INDEX_FILE, SNAPSHOT_FILE, LocalCasStore, blake3_hex, validate_hash
 
 
 def make_blob(n: int) -> bytes:
@@ -355,3 +361,173 @@ def test_puts_stay_cheap_as_the_index_grows(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(store_module, "_parse_index_lines", None)  # any parse during put would fail
     store.put_bytes(b"one more")
     assert writes == [len(b"one more"), len(f"{blake3_hex(b'one more')} 8\n")]
+
+
+# --- the fast paths change nothing but speed ------------------------------------------------------
+
+
+def reference_candidates(root: Path) -> list[str]:
+    """What the per-line rules make of the whole log (the reference for every fast path)."""
+    log = (root / INDEX_FILE).read_bytes()
+    return sorted(set(store_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
+
+
+ODD_INDEX_LINES = [
+    b"deadbeef",  # torn: no size (the next line follows it on the same line)
+    b"a%20b 3",  # %-quoted
+    b"new%0Aline 4",
+    b"x%2Fy 2",  # quoted "/": invalid once unquoted
+    b"a/b 1",
+    b"a..b 1",
+    b" 5",  # empty hash
+    b"abc ",  # empty size
+    b"abc  5",  # two spaces
+    b"abc 5 6",
+    b"abc\t5",
+    b"abc 5\r",
+    b"\xc3\xa9 4",  # non-ASCII (valid UTF-8)
+    b"\xff\xfe 4",  # not UTF-8
+    b"abc \xc2\xb2",  # "2" superscript: isdigit() but not a number
+    b"abc \xd9\xa3",  # Arabic-Indic 3: a number for int()
+    b"",
+]
+
+
+@pytest.mark.parametrize("odd", ODD_INDEX_LINES)
+def test_bulk_index_parse_equals_the_per_line_rules(odd: bytes, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "_PER_LINE_BYTES", 64)  # so the halving is exercised
+    plain = [f"{blake3_hex(bytes([n]))} {n}".encode() for n in range(40)]
+    for block in (odd + b"\n", b"\n".join([*plain[:25], odd, *plain[25:]]) + b"\n"):
+        assert store_module._parse_index_lines(block) == store_module._parse_odd_lines(block)
+    block = b"\n".join(plain) + b"\n"
+    assert store_module._parse_plain_lines(block) == store_module._parse_odd_lines(block)
+
+
+def test_listing_bulk_path_equals_the_per_entry_rules(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    hashes = [store.put_bytes(make_blob(n)) for n in (1, 2)]
+    blobs = tmp_path / "blobs"
+    for name in (".blob", "..blob", "a.b.blob", "é.blob", "sp ace.blob", "x.blob.tmp"):
+        (blobs / name).write_bytes(b"")
+    (blobs / "sub.blob").mkdir()
+    (blobs / "link.blob").symlink_to(blobs / f"{hashes[0]}.blob")
+    listed = store.list_blob_hashes()
+    assert listed == store._list_blob_hashes_per_entry()
+    assert listed == sorted([*hashes, ".", "a.b", "é", "sp ace"])
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        (b"a..b.blob", BlobHashInvalid),
+        (b"back\\slash.blob", BlobHashInvalid),
+        (b"\xff.blob", DistributedValidationFailed),
+    ],
+)
+def test_listing_bulk_path_fails_as_the_per_entry_rules(tmp_path: Path, name: bytes, error: type) -> None:
+    store = LocalCasStore(tmp_path)
+    store.put_bytes(b"ok")
+    os.close(os.open(os.path.join(os.fsencode(tmp_path / "blobs"), name), os.O_CREAT | os.O_WRONLY))
+    with pytest.raises(error) as bulk:
+        store.list_blob_hashes()
+    with pytest.raises(error) as per_entry:
+        store._list_blob_hashes_per_entry()
+    assert str(bulk.value) == str(per_entry.value)
+
+
+@pytest.fixture
+def small_snapshots(monkeypatch) -> None:
+    """Snapshots from a 2 KiB log on (about 30 puts), so the tests stay small."""
+    monkeypatch.setattr(store_module, "_SNAPSHOT_MIN_BYTES", 2048)
+
+
+def parsed_bytes(monkeypatch) -> list[int]:
+    """Spy: the size of every block the log parser is handed."""
+    sizes: list[int] = []
+    real = store_module._parse_index_lines
+
+    def spy(block: bytes) -> tuple[list[str], list[str]]:
+        sizes.append(len(block))
+        return real(block)
+
+    monkeypatch.setattr(store_module, "_parse_index_lines", spy)
+    return sizes
+
+
+def test_large_index_keeps_a_snapshot_and_a_reader_parses_only_the_rest(
+    tmp_path: Path, monkeypatch, small_snapshots
+) -> None:
+    store = LocalCasStore(tmp_path)
+    for n in range(60):
+        store.put_bytes(make_blob(n))
+    store.put_bytes(make_blob(3))  # a re-put: a duplicate line
+    assert (tmp_path / SNAPSHOT_FILE).is_file()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    parsed = parsed_bytes(monkeypatch)
+    reader = LocalCasStore(tmp_path)
+    assert list(reader.candidates()) == reference_candidates(tmp_path)
+    assert sum(parsed) < (tmp_path / INDEX_FILE).stat().st_size / 4  # the snapshot covered the rest
+    extra = store.put_bytes(b"after the snapshot")
+    assert extra in reader.candidates()
+    assert list(reader.candidates()) == reference_candidates(tmp_path)
+
+
+def test_snapshot_keeps_odd_names(tmp_path: Path, small_snapshots) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for stem in ("with space", "per%cent", "new\nline", "é"):
+        (blobs / f"{stem}.blob").write_bytes(b"")
+    store = LocalCasStore(tmp_path)
+    for n in range(40):
+        store.put_bytes(make_blob(n))
+    store._write_snapshot()
+    reader = LocalCasStore(tmp_path)
+    loaded = reader._load_snapshot(reader._log_prefix_digest)
+    assert loaded is not None and sorted(loaded[0]) == reference_candidates(tmp_path)
+    assert {"with space", "per%cent", "new\nline", "é"} <= set(LocalCasStore(tmp_path).candidates())
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "replace the log", "rewrite the log"])
+def test_a_snapshot_that_does_not_match_is_ignored(
+    tmp_path: Path, monkeypatch, small_snapshots, damage: str
+) -> None:
+    store = LocalCasStore(tmp_path)
+    hashes = [store.put_bytes(make_blob(n)) for n in range(40)]
+    snapshot, index = tmp_path / SNAPSHOT_FILE, tmp_path / INDEX_FILE
+    if damage == "flip a byte":
+        raw = bytearray(snapshot.read_bytes())
+        raw[len(raw) // 2] ^= 1
+        snapshot.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        snapshot.write_bytes(snapshot.read_bytes()[:-10])
+    elif damage == "replace the log":  # a shorter log: the snapshot covers more than it holds
+        replacement = tmp_path / "replacement"
+        replacement.write_text(f"{hashes[0]} 0\n")
+        os.replace(replacement, index)
+    else:  # same length, other content: only the BLAKE3 of the prefix tells
+        log = index.read_bytes()
+        index.write_bytes(log.replace(hashes[1].encode(), blake3_hex(b"other").encode()))
+    reader = LocalCasStore(tmp_path)
+    assert reader._load_snapshot(reader._log_prefix_digest) is None
+    parsed = parsed_bytes(monkeypatch)
+    assert list(LocalCasStore(tmp_path).candidates()) == reference_candidates(tmp_path)
+    assert sum(parsed) == index.stat().st_size  # the whole log, parsed as if there were no snapshot
+
+
+def test_a_failed_snapshot_does_not_fail_the_put(tmp_path: Path, small_snapshots, caplog) -> None:
+    (tmp_path / SNAPSHOT_FILE).mkdir(parents=True)  # the rename onto it fails
+    store = LocalCasStore(tmp_path)
+    hashes = [store.put_bytes(make_blob(n)) for n in range(40)]
+    assert list(LocalCasStore(tmp_path).candidates()) == sorted(hashes)
+    assert "index snapshot" in caplog.text
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_reading_never_writes_a_snapshot(tmp_path: Path, small_snapshots) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    lines = [f"{blake3_hex(make_blob(n))} {n}\n" for n in range(100)]
+    (tmp_path / INDEX_FILE).write_text("".join(lines))  # a large log written without our put
+    store = LocalCasStore(tmp_path)
+    assert list(store.candidates()) == reference_candidates(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs", INDEX_FILE]
