@@ -17,6 +17,8 @@ from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import config  # noqa: F401  (importing registers the structured-config schema)
@@ -24,6 +26,7 @@ from .errors import UsageError
 from .flags import rewrite_argv
 from .preflight import preflight
 from .runner import run_audit
+from .state import describe_os_error
 from .validation import Settings, settings_from_cfg
 
 # `conf/` sits at the repository top (editable install); absolute, because Hydra resolves a relative
@@ -33,8 +36,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class JobFailed(CompactHydraException):
+    """A job of a multirun failed on bad input found at run time (a missing store root, a locked
+    state file...). Hydra records the job as failed with this one-line message and runs the
+    other jobs; exiting (as a single run does) would end the whole sweep at this job.
+    """
+
+
 def fail(err: UsageError) -> NoReturn:
-    """One line on stderr, exit status 2, no traceback."""
+    """One line on stderr, exit status 2, no traceback; in a multirun job, fail only this job."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise JobFailed(str(err)) from None
     print(f"distfs_pipeline: error: {err}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
 
@@ -65,13 +77,18 @@ def _task(cfg: DictConfig) -> float | None:
         return _objective(run_audit(settings, run_dir))
     except UsageError as err:
         fail(err)
+    except OSError as err:  # our own files (run dir, state, chunk cache): the path is the input
+        fail(UsageError(describe_os_error(err)))
 
 
 def _run_scenario(settings: Settings, cfg: DictConfig, run_dir: Path) -> Any:
     """The studies seam: scenario jobs belong to `study` (imported only for them: it is heavier)."""
-    from .study import run_scenario_job
+    from .study import StudyJobFailed, run_scenario_job
 
-    return run_scenario_job(settings, cfg, run_dir)
+    try:
+        return run_scenario_job(settings, cfg, run_dir)
+    except StudyJobFailed as err:  # already in result.json with its traceback: one line here
+        raise JobFailed(str(err)) from None
 
 
 def _objective(result: Any) -> float | None:

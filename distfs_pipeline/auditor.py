@@ -22,7 +22,7 @@ from . import scheduler
 from .challenge import classify_world_error_reason, probe_request, record_outcome, run_check
 from .chunks import make_reader
 from .errors import DistributedValidationFailed, WorldError
-from .models import AdaptivePolicy, CursorState, ProbeConfig, RoundReport, VerifyOptions
+from .models import AdaptivePolicy, CursorState, ProbeConfig, RoundReport, VerifyOptions, is_blank
 from .store import LocalCasStore
 
 
@@ -31,7 +31,8 @@ def _no_delay(_content_hash: str) -> int:
 
 
 def _require_non_empty(value: str, field: str) -> None:
-    if not value.strip():
+    """Upstream `validate_non_empty`: empty after Rust's `trim()` (see `models.is_blank`)."""
+    if is_blank(value):
         raise DistributedValidationFailed(f"probe field {field} cannot be empty")
 
 

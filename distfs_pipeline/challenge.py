@@ -44,6 +44,7 @@ from .models import (
     StorageChallengeProofSemantics,
     StorageChallengeReceipt,
     StorageChallengeRequest,
+    is_blank,
 )
 from .scheduler import validate_probe_config  # SPEC 2.9's config checks are 2.10's: one serves both
 from .store import blake3_hex, validate_hash
@@ -155,14 +156,15 @@ def _empty_field(name: str) -> DistributedValidationFailed:
 
 
 def _non_empty(value: str, name: str) -> None:
-    if not value.strip():
+    """Upstream `validate_non_empty_field`: empty after Rust's `trim()` (see `is_blank`)."""
+    if is_blank(value):
         raise _empty_field(name)
 
 
 def _require_fields(value: object, *names: str) -> None:
-    """`_non_empty` for each named field of `value`, in order (inlined: it runs on every check)."""
+    """`_non_empty` for each named field of `value`, in order."""
     for name in names:
-        if not getattr(value, name).strip():
+        if is_blank(getattr(value, name)):
             raise _empty_field(name)
 
 
@@ -277,7 +279,11 @@ def _require_equal(name: str, expected: object, actual: object) -> None:
 def verify_storage_challenge_receipt(
     challenge: StorageChallenge, receipt: StorageChallengeReceipt, allowed_clock_skew_ms: int
 ) -> None:
-    """SPEC 2.6: the first failing check wins; every failure is `DistributedValidationFailed`."""
+    """SPEC 2.6: the first failing check wins.
+
+    Every failure is `DistributedValidationFailed`, except an invalid hash field (`validate_hash`
+    on content_hash, expected_sample_hash or sample_hash), which is `BlobHashInvalid` as upstream.
+    """
     if allowed_clock_skew_ms < 0:
         raise DistributedValidationFailed(f"allowed_clock_skew_ms must be >= 0, got {allowed_clock_skew_ms}")
     validate_challenge(challenge)
@@ -400,7 +406,7 @@ def summarize_node_storage_challenge_stats(
         try:
             verify_storage_challenge_receipt(challenge, receipt, allowed_clock_skew_ms)
             passed += 1
-        except DistributedValidationFailed:
+        except WorldError:  # upstream's `Err(_)`: an invalid hash (BlobHashInvalid) is a failure too
             key = classify_receipt_reason(challenge, receipt, allowed_clock_skew_ms).value
             reasons[key] = reasons.get(key, 0) + 1
         counts[challenge.node_id] = (total + 1, passed, reasons)
@@ -463,7 +469,7 @@ def run_check(
         return _error_outcome(content_hash, "answer", exc)
     try:
         verify_storage_challenge_receipt(challenge, receipt, allowed_clock_skew_ms)
-    except DistributedValidationFailed as exc:
+    except WorldError as exc:  # upstream's `Err(_)`: validate_hash raises BlobHashInvalid
         reason = classify_receipt_reason(challenge, receipt, allowed_clock_skew_ms)
         return _failed(content_hash, reason, f"verify: {exc}")
     return CheckOutcome(content_hash, True, receipt_to_proof_semantics(challenge, receipt), None)

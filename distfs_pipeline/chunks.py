@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ import blake3
 from .challenge import SampleReader, check_window, extract_sample_slice, sample_window
 from .errors import BlobHashMismatch, Io, UsageError
 from .models import VerifyOptions
-from .store import LocalCasStore, blake3_hex
+from .store import LocalCasStore, blake3_hex, require_regular_file
 
 __all__ = ["ChunkedReader", "FullReader", "SampleReader", "make_reader"]
 
@@ -119,7 +118,7 @@ class _BlobAccess:
             st = os.stat(path)
         except (OSError, ValueError) as exc:
             raise self.store.classify_open_error(content_hash, path, exc) from exc
-        _require_regular(st, path)
+        require_regular_file(st, path)
         return st
 
     def _stat_key(self, content_hash: str, path: str) -> FileKey:
@@ -133,19 +132,11 @@ class _BlobAccess:
             raise self.store.classify_open_error(content_hash, path, exc) from exc
         try:
             st = os.fstat(fd)
-            _require_regular(st, path)
+            require_regular_file(st, path)
         except BaseException:
             os.close(fd)
             raise
         return fd, st
-
-
-def _require_regular(st: os.stat_result, path: str) -> None:
-    """Upstream's read of a directory fails with EISDIR (`Io`); any non-file is refused alike."""
-    if stat.S_ISDIR(st.st_mode):
-        raise Io(f"read blob {path} failed: Is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise Io(f"read blob {path} failed: not a regular file")
 
 
 def _read_all(fd: int, path: str, expected: int) -> bytes:
@@ -168,7 +159,10 @@ def _read_all(fd: int, path: str, expected: int) -> bytes:
 
 
 class FullReader(_BlobAccess):
-    """Upstream design: `get_verified` of the whole blob at issue and again at answer."""
+    """Upstream design: `get_verified` of the whole blob at issue and again at answer.
+
+    (`LocalCasStore.get` refuses a non-regular file with `Io` instead of blocking on it.)
+    """
 
     def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
         blob = self.store.get_verified(content_hash)

@@ -24,6 +24,17 @@ U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)
+# What Rust's `str::trim` strips (`char::is_whitespace`, the Unicode White_Space property). Python's
+# `str.strip()` also strips U+001C..U+001F, which Rust keeps: an id of "\x1f" is not empty upstream.
+RUST_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def is_blank(value: str) -> bool:
+    """Rust's `value.trim().is_empty()`: upstream's test for an empty id or field."""
+    return not value.strip(RUST_WHITESPACE)
 
 
 class FailureReason(StrEnum):

@@ -48,6 +48,8 @@ from .validation import settings_from_cfg
 MAX_SWEEP_JOBS = 256
 PRIMARY_CONFIG = "config"
 # Flags that run no job: nothing to validate (and `--version` would exit inside argparse).
+_LIST_INDEX = re.compile(r"\[(\d+)\]")
+_VERSION_FLAGS = frozenset({"--version"})
 _NO_JOB_FLAGS = frozenset(
     {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
     | {"--experimental-rerun"}
@@ -61,16 +63,63 @@ def preflight(argv_after_rewrite: list[str], config_dir: Path) -> None:
     app's primary config directory (`conf/`). `--config-path`, `--config-name` and `--config-dir`
     are honoured as Hydra honours them. Help, info and version requests are not validated.
     """
+    if any(token in _VERSION_FLAGS for token in argv_after_rewrite):
+        return  # argparse prints the version and exits: nothing else is looked at
+    args = _parse_args(argv_after_rewrite)
+    _check_commands(args)
     if any(token.split("=", 1)[0] in _NO_JOB_FLAGS for token in argv_after_rewrite):
         return
-    args = _parse_args(argv_after_rewrite)
     config_name = args.config_name or PRIMARY_CONFIG
     main_dir = _main_config_dir(args.config_path, config_dir)
     with _hydra_session(main_dir, args.config_dir):
         if args.multirun or "hydra.mode=MULTIRUN" in args.overrides:
-            _validate_sweep(config_name, args.overrides)
+            cfg = _validate_sweep(config_name, args.overrides)
+            _check_output_dir(cfg, "hydra.sweep.dir")
         else:
-            settings_from_cfg(_compose(config_name, args.overrides))
+            cfg = _compose(config_name, args.overrides)
+            settings_from_cfg(cfg)
+            if args.cfg is None:
+                _check_output_dir(cfg, "hydra.run.dir")
+
+
+def _check_commands(args: argparse.Namespace) -> None:
+    """Hydra's own checks of its flags (it raises them with a traceback), as one-line errors."""
+    if args.help or args.hydra_help:
+        return  # Hydra prints the help and exits before looking at anything else
+    if args.experimental_rerun is not None:
+        if not os.path.isfile(args.experimental_rerun):
+            raise UsageError(f"--experimental-rerun: file not found: {args.experimental_rerun}")
+        return
+    if args.resolve and args.cfg is None:
+        raise UsageError("command line: --resolve needs --cfg (or --help)")
+    commands = {
+        "--run": args.run,
+        "--multirun": args.multirun,
+        "--cfg": args.cfg is not None,
+        "--info": args.info is not None,
+        "--shell-completion": args.shell_completion,
+    }
+    given = [name for name, on in commands.items() if on]
+    if len(given) > 1:
+        raise UsageError(f"command line: {' and '.join(given)} cannot be combined: give only one of them")
+
+
+def _check_output_dir(cfg: DictConfig, key: str) -> None:
+    """Hydra creates the run (or sweep) dir before the task starts, with a traceback if it cannot:
+    refuse a path with a file where a directory must be. Best effort: skipped when the path only
+    resolves inside a job (`${hydra.job.num}` and the like).
+    """
+    try:
+        value = OmegaConf.select(cfg, key)
+    except Exception:
+        return
+    if not isinstance(value, str) or not value:
+        return
+    path = Path(value).absolute()
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "is" if blocker == path else f"is inside {blocker}, which is"
+        raise UsageError(f"{key}: {path} {where} not a directory")
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -131,7 +180,8 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 # Multirun: expand the sweep as Hydra's BasicSweeper does, validate each job.
 
 
-def _validate_sweep(config_name: str, overrides: list[str]) -> None:
+def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
+    """Validate every job (up to `MAX_SWEEP_JOBS`); returns the config of the sweep's fixed part."""
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     command_line = _parse_overrides(parser, overrides)
     fixed = [_as_text(o) for o in command_line if not o.is_sweep_override() and not _is_plain_value(o)]
@@ -145,6 +195,7 @@ def _validate_sweep(config_name: str, overrides: list[str]) -> None:
         except UsageError as exc:
             swept = " ".join(choice for choice, dim in zip(job, dimensions, strict=True) if len(dim) > 1)
             raise UsageError(f"{exc} [sweep job: {swept}]" if swept else str(exc)) from None
+    return base
 
 
 def _as_text(override: Override) -> str:
@@ -230,7 +281,15 @@ def _is_plain_value(override: Override) -> bool:
 def describe_compose_error(exc: BaseException) -> str:
     """One line `<key or file>: <rule>` for any error raised while composing."""
     chain = _exception_chain(exc)
-    for handler in (_missing_config_line, _omegaconf_line, _yaml_line, _override_parse_line, _ambiguous_line):
+    handlers = (
+        _missing_config_line,
+        _omegaconf_line,
+        _yaml_line,
+        _override_parse_line,
+        _ambiguous_line,
+        _composing_line,
+    )
+    for handler in handlers:
         line = handler(chain)
         if line:
             return line
@@ -290,12 +349,25 @@ def _origin(chain: list[BaseException]) -> str:
             return f" (in {text[3 : text.index(':')]})"
         if text.startswith("Error merging override "):
             return f" (override '{text.removeprefix('Error merging override ').strip()}')"
-        if text.startswith("Could not override '"):
-            return " (to add a new key use +key=value)"
     return ""
 
 
+def _composing_line(chain: list[BaseException]) -> str | None:
+    """Hydra's "In 'group/option': X raised while composing config:" with the detail on the next
+    line (e.g. a YAML file that is a list, not a mapping): the config's name and the detail."""
+    for index, exc in enumerate(chain):
+        match = re.match(r"In '([^']+)': .*raised while composing config:", str(exc))
+        if match:
+            detail = next((_first_line(e) for e in chain[index + 1 :]), None)
+            detail = detail or " ".join(str(exc).splitlines()[1:2]).strip() or "cannot be composed"
+            return f"config '{match.group(1)}': {detail}"
+    return None
+
+
 def _yaml_line(chain: list[BaseException]) -> str | None:
+    undecodable = next((e for e in chain if isinstance(e, UnicodeDecodeError)), None)
+    if undecodable is not None:
+        return f"{_yaml_file(undecodable) or 'a config file'}: not UTF-8 text ({undecodable.reason})"
     found = next((e for e in chain if isinstance(e, yaml.YAMLError)), None)
     if found is None:
         return None
@@ -337,4 +409,12 @@ def _override_parse_line(chain: list[BaseException]) -> str | None:
     detail = _first_line(found).removeprefix("LexerNoViableAltException: ")
     if detail == found.override:
         detail = "unexpected character"
-    return f"override '{found.override}': cannot parse ({detail}); see Hydra's override grammar"
+    key = found.override.partition("=")[0]
+    dotted = _LIST_INDEX.sub(r".\1", key)
+    if dotted != key:  # `a.faults[0].b`: Hydra indexes lists with a dot
+        hint = f"to set a list entry, index with a dot: {dotted}=..."
+    elif not found.override.isascii():
+        hint = "quote a value with other characters: key='value'"
+    else:
+        hint = "see Hydra's override grammar"
+    return f"override '{found.override}': cannot parse ({detail}); {hint}"

@@ -38,11 +38,11 @@ from . import demo, reward
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
-from .state import Recovered, RoundJournal, StateLock, recover, repair_tail, write_atomic
+from .state import ROUND_LOG_NAME, Recovered, RoundJournal, StateLock, recover, repair_tail, write_atomic
 from .store import LocalCasStore
 from .validation import Settings
 
-ROUNDS_LOG = "rounds.jsonl"
+ROUNDS_LOG = ROUND_LOG_NAME
 EPOCHS_LOG = "epochs.jsonl"
 SUMMARY_FILE = "summary.json"
 DEFAULT_STATE_FILE = "probe-state.json"
@@ -121,11 +121,20 @@ def _make_auditor(settings: Settings, store: LocalCasStore, hooks: RunHooks) -> 
 
 
 def rewardable_bytes(store: LocalCasStore) -> int:
-    """Bytes the node must hold: recorded sizes from the index, else sizes of the listed blobs."""
-    if store.has_index():
-        return sum(store.index_sizes().values())
+    """Bytes the node must hold: recorded sizes from the index, else sizes of the listed blobs.
+
+    A store whose index or listing cannot be read holds nothing rewardable (fail closed): the
+    run goes on, says so once here, and every round reports the failure as its error.
+    """
+    try:
+        if store.has_index():
+            return sum(store.index_sizes().values())
+        hashes = store.candidates()
+    except (WorldError, OSError) as err:
+        warn(f"store {store.root}: cannot tell what the node must hold ({err}); rewardable_bytes is 0")
+        return 0
     total = 0
-    for content_hash in store.candidates():
+    for content_hash in hashes:
         with contextlib.suppress(OSError, WorldError):
             total += store.blob_path(content_hash).stat().st_size
     return total
@@ -415,11 +424,17 @@ def _warn_if_empty(store: LocalCasStore) -> None:
     """An empty store proves nothing: say so loudly (upstream would write a seed blob into it)."""
     try:
         empty = len(store.candidates()) == 0
+        what = "holds no blobs"
+        if empty and store.has_index():
+            listed = len(store.list_blob_hashes())
+            what = f"has an index ({store.index_path.name}) that lists no blobs" + (
+                f" ({listed} blob files are not in it)" if listed else ""
+            )
     except (WorldError, OSError):
         return  # each round reports the listing failure itself
     if empty:
         warn(
-            f"store {store.root} holds no blobs: nothing to audit, every round is 0/0 "
+            f"store {store.root} {what}: nothing to audit, every round is 0/0 "
             "(summary: no_data); the store is left as it is"
         )
 

@@ -136,7 +136,7 @@ def copy_store(source: Path, destination: Path) -> Path:
     links (upstream's listing skips them either way). `destination` must not exist yet.
     """
     if not source.is_dir():
-        raise UsageError(f"scenario: store to copy does not exist: {source}")
+        raise UsageError(f"runtime.storage_root: {source} is not a directory (the store to copy)")
     shutil.copytree(source, destination, symlinks=True)
     return destination
 
@@ -149,11 +149,15 @@ def healthy_copy(source: Path, destination: Path) -> tuple[int, list[str]]:
     the must-hold index and a deleted blob stays a candidate.
     """
     if not source.is_dir():
-        raise UsageError(f"scenario: store to copy does not exist: {source}")
+        raise UsageError(f"runtime.storage_root: {source} is not a directory (the store to copy)")
     src, dst = LocalCasStore(source), LocalCasStore(destination)
+    try:
+        hashes = src.candidates()
+    except WorldError as err:
+        raise UsageError(f"runtime.storage_root: cannot copy the store: {err}") from None
     dst.blobs_dir.mkdir(parents=True)
     kept, dropped = 0, []
-    for content_hash in src.candidates():
+    for content_hash in hashes:
         try:
             data = src.get_verified(content_hash)
         except WorldError:

@@ -203,10 +203,13 @@ def next_cursor(cursor: int, total_checks: int, blob_count: int) -> int:
     """Where the next round starts: step past the blobs just checked, wrapping; 0 for no blobs.
 
     When a round checks every blob the cursor stays put, which is fine: all are checked anyway.
+
+    Upstream adds with a plain usize `+` (not saturating), which wraps at 2^64 in its release
+    build; so does this, so a state file holding a cursor near u64::MAX moves as it would there.
     """
     if blob_count <= 0:
         return 0
-    return (cursor + total_checks % blob_count) % blob_count
+    return ((cursor + total_checks % blob_count) & U64_MAX) % blob_count
 
 
 def advance(

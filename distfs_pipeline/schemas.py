@@ -29,6 +29,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as ModelError
 
+from .flags import OneLineArgumentParser
 from .validation import (
     CROSS_FIELD_TEMPLATES,
     PolicySettings,
@@ -244,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m distfs_pipeline.schemas", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)

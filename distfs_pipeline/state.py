@@ -49,6 +49,7 @@ from .errors import Serde, UsageError
 from .models import CursorState
 
 WAL_VERSION = 1
+ROUND_LOG_NAME = "rounds.jsonl"  # the only file name a WAL may point at (recovery may cut its tail)
 _TAIL_BLOCK = 64 * 1024
 
 
@@ -108,19 +109,47 @@ def state_json(state: CursorState) -> bytes:
 def save_state(path: str | os.PathLike[str], state: CursorState) -> None:
     """Write the state atomically and durably: temp file, fsync, rename, fsync the directory."""
     path = Path(path)
-    write_atomic(path, state_json(state), temp_path(path))
+    write_atomic(path, state_json(state), temp_path(path), what="state file")
 
 
-def write_atomic(path: Path, data: bytes, tmp: Path | None = None) -> None:
-    """Replace `path` with `data` so a reader sees the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes, tmp: Path | None = None, what: str = "file") -> None:
+    """Replace `path` with `data` so a reader sees the old or the new content, never a mix.
+
+    Any OS error is a `UsageError` naming `path` (and the file that failed): `path` then still
+    holds its old content, and a temp file this call created is removed.
+    """
     tmp = tmp or _sidecar(path, f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    created = False
+    try:
+        make_dirs(path.parent)
+        with open(tmp, "wb") as handle:
+            created = True
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise UsageError(f"{what} {path}: cannot write: {describe_os_error(err)}") from None
+
+
+def make_dirs(directory: Path) -> None:
+    """`mkdir -p`, with a clear error when a component exists but is not a directory."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        ancestors = (directory, *directory.parents)
+        blocker = next((p for p in ancestors if p.exists() and not p.is_dir()), directory)
+        raise NotADirectoryError(errno.ENOTDIR, "exists but is not a directory", str(blocker)) from None
+
+
+def describe_os_error(err: OSError) -> str:
+    """`<strerror>` plus the file it concerns, in one line."""
+    text = err.strerror or str(err)
+    return f"{err.filename}: {text}" if err.filename else text
 
 
 def fsync_dir(directory: Path) -> None:
@@ -156,12 +185,14 @@ class StateLock:
 
     def acquire(self) -> None:
         """Take the lock or raise `UsageError` naming the state file and the holder's pid."""
+        if self.state_path.is_dir():
+            raise UsageError(f"state file {self.state_path}: is a directory, not a file")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise UsageError(
-                f"state file {self.state_path}: cannot create its lock {self.path}: {err.strerror or err}"
+                f"state file {self.state_path}: cannot create its lock {self.path}: {describe_os_error(err)}"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -223,6 +254,12 @@ def recover(state_path: str | os.PathLike[str]) -> Recovered:
         return Recovered(state)
     if not log.exists():
         return Recovered(state, notes=[f"round log {log} (named by {wal_path(state_path)}) is gone"])
+    if log.name != ROUND_LOG_NAME or not log.is_file():
+        # Recovery may cut the tail of the file it follows: never of a file that is not ours.
+        raise UsageError(
+            f"WAL file {wal_path(state_path)}: log_path {log} is not a round log (a regular file "
+            f"named {ROUND_LOG_NAME}); remove the WAL file to skip crash recovery"
+        )
     recovered = _reconcile(state_path, state, log, repair_tail(log))
     recovered.log_path = log
     return recovered
@@ -268,8 +305,16 @@ def repair_tail(log: Path) -> dict[str, Any] | None:
 
     A torn tail is a last line without its newline (the kill hit the append), or, after a power
     loss, one complete line that is not JSON. Anything worse is not ours to cut: `UsageError`.
-    Only the tail is read, so this is cheap however long the log has grown.
+    Only the tail is read, so this is cheap however long the log has grown. An OS error is a
+    `UsageError` naming the log.
     """
+    try:
+        return _repair_tail(log)
+    except OSError as err:
+        raise UsageError(f"round log {log}: cannot check its last record: {describe_os_error(err)}") from None
+
+
+def _repair_tail(log: Path) -> dict[str, Any] | None:
     with open(log, "r+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         line, valid_len = _last_line(handle, size)
@@ -325,27 +370,36 @@ class RoundJournal:
     def __init__(self, state_path: str | os.PathLike[str], log_path: str | os.PathLike[str]) -> None:
         self.state_path = Path(state_path)
         self.log_path = Path(log_path).resolve()
+        if self.log_path.name != ROUND_LOG_NAME:
+            raise ValueError(f"a round log is named {ROUND_LOG_NAME}, not {self.log_path.name}")
         self._log: IO[bytes] | None = None
 
     def open(self) -> None:
         """Open the log for appending and point the WAL at it (after `recover`)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.log_path.exists():
-            repair_tail(self.log_path)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - held open for the whole run
-        fsync_dir(self.log_path.parent)
+        try:
+            make_dirs(self.log_path.parent)
+            if self.log_path.exists():
+                repair_tail(self.log_path)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - held open for the whole run
+            fsync_dir(self.log_path.parent)
+        except OSError as err:
+            raise UsageError(f"round log {self.log_path}: cannot open: {describe_os_error(err)}") from None
         pointer = {"version": WAL_VERSION, "log_path": str(self.log_path)}
-        write_atomic(wal_path(self.state_path), json.dumps(pointer, indent=2).encode("utf-8"))
+        data = json.dumps(pointer, indent=2).encode("utf-8")
+        write_atomic(wal_path(self.state_path), data, what="WAL file")
 
     def commit(self, record: dict[str, Any], state: CursorState) -> None:
         """Make one round durable: log line (with `state_after`) first, then the state file."""
         if self._log is None:
             raise RuntimeError("RoundJournal.commit before open")
         line = json.dumps({**record, "state_after": state.to_dict()}, separators=(",", ":"))
-        self._log.write(line.encode("utf-8") + b"\n")
-        self._log.flush()
-        os.fsync(self._log.fileno())
-        save_state(self.state_path, state)
+        try:
+            self._log.write(line.encode("utf-8") + b"\n")
+            self._log.flush()
+            os.fsync(self._log.fileno())
+        except OSError as err:  # a torn line at worst: the next run's recovery cuts it
+            raise UsageError(f"round log {self.log_path}: cannot append: {describe_os_error(err)}") from None
+        save_state(self.state_path, state)  # if this fails, the next run rolls the state forward
 
     def close(self) -> None:
         if self._log is not None:

@@ -38,6 +38,7 @@ import logging
 import math
 import operator
 import os
+import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -97,6 +98,14 @@ def validate_hash(content_hash: str) -> None:
 def _io_error(action: str, path: Path | str, exc: OSError) -> Io:
     """`WorldError::Io(String)` with the action and the path, so the round log says what failed."""
     return Io(f"{action} {path} failed: {exc.strerror or exc}")
+
+
+def require_regular_file(st: os.stat_result, path: Path | str) -> None:
+    """`Io` unless `st` is a regular file: a directory fails as upstream's read does (EISDIR)."""
+    if stat.S_ISDIR(st.st_mode):
+        raise Io(f"read blob {path} failed: Is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise Io(f"read blob {path} failed: not a regular file")
 
 
 def _exists(path: Path | str) -> bool:
@@ -201,13 +210,26 @@ class LocalCasStore:
         return _exists(self.blob_path(content_hash))
 
     def get(self, content_hash: str) -> bytes:
-        """Raw bytes of a blob: `BlobHashInvalid`, `BlobNotFound` if absent, `Io` on read errors."""
-        path = self.blob_path(content_hash)
+        """Raw bytes of a blob: `BlobHashInvalid`, `BlobNotFound` if absent, `Io` on read errors.
+
+        For a regular file this is upstream's `get`. Anything else under a blob name is refused
+        with `Io` (a directory as upstream's EISDIR) without reading it: upstream would block on a
+        FIFO or read a device without end, and our index lists such names (the listing skips them),
+        so a probe must count them as READ_IO_ERROR, not hang.
+        """
+        path = self.blob_file(content_hash)
         try:
-            with open(path, "rb") as handle:
-                return handle.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, ValueError) as exc:
             raise self.classify_open_error(content_hash, path, exc) from exc
+        try:
+            require_regular_file(os.fstat(fd), path)
+            with open(fd, "rb", closefd=False) as handle:
+                return handle.read()
+        except OSError as exc:
+            raise _io_error("read blob", path, exc) from exc
+        finally:
+            os.close(fd)
 
     def get_verified(self, content_hash: str) -> bytes:
         """`get`, then re-hash with the store's algorithm (`BlobHashMismatch` if it differs)."""
@@ -307,6 +329,8 @@ class LocalCasStore:
         values = data.get("pins", []) if isinstance(data, dict) else None
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise Serde(f'parse {self.pins_path} failed: expected {{"pins": [string]}}')
+        if any(_has_lone_surrogate(v) for v in values):  # serde_json refuses "\ud800"; so do we
+            raise Serde(f"parse {self.pins_path} failed: lone surrogate in a pin")
         return sorted(set(values))
 
     def is_pinned(self, content_hash: str) -> bool:
@@ -362,13 +386,20 @@ class LocalCasStore:
             raise _io_error("rename blob temp", tmp, exc) from exc
 
     def _save_pins(self, pins: set[str]) -> None:
+        """Upstream `write_json_atomic`: compact `serde_json::to_vec` bytes (UTF-8, not \\u-escaped),
+        through the temp `pins.tmp-<pid>-<nanos>` (the path with its extension replaced)."""
         self._ensure_dirs()
-        body = json.dumps({"pins": sorted(pins)}, indent=2).encode()
-        tmp = self.pins_path.with_suffix(".tmp")
+        text = json.dumps({"pins": sorted(pins)}, separators=(",", ":"), ensure_ascii=False)
+        try:
+            body = text.encode()
+        except UnicodeEncodeError as exc:  # a surrogate-escaped (non-UTF-8) name: no Rust `String`
+            raise Serde(f"serialize {self.pins_path} failed: {exc}") from None
+        tmp = self.pins_path.with_name(f"{self.pins_path.stem}.tmp-{os.getpid()}-{time.time_ns()}")
         try:
             tmp.write_bytes(body)
             os.replace(tmp, self.pins_path)
         except OSError as exc:
+            _remove_quietly(tmp)
             raise _io_error("write pins", self.pins_path, exc) from exc
 
     def _record_in_index(self, content_hash: str, size: int) -> None:
@@ -564,6 +595,11 @@ def _blob_stem(entry: os.DirEntry[str]) -> str | None:
         return None
     _check_stem(stem, entry.path)
     return stem
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Whether `text` holds a UTF-16 surrogate (a JSON `\\udXXX` escape not part of a pair)."""
+    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _check_stem(stem: str, path: str) -> None:

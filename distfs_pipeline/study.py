@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import demo
-from .errors import UsageError
+from .errors import UsageError, WorldError
 from .models import RoundReport
 from .runner import DEFAULT_STATE_FILE, RunHooks, run_audit
 from .scenarios import (
@@ -272,7 +272,10 @@ def prepare_store(settings: Settings, run_dir: Path) -> PreparedStore:
 
 
 def _candidates(root: Path) -> Sequence[str]:
-    return LocalCasStore(root).candidates()
+    try:
+        return LocalCasStore(root).candidates()
+    except WorldError as err:
+        raise UsageError(f"runtime.storage_root: cannot list the store: {err}") from None
 
 
 def study_settings(settings: Settings, run_dir: Path, store: PreparedStore) -> Settings:

@@ -18,7 +18,6 @@ so the driver writes it from an `atexit` hook in that case (exactly once either 
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import csv
 import io
@@ -30,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from .flags import OneLineArgumentParser
 from .study import RESULT_FILE, write_json_atomic
 
 SUMMARY_CSV = "sweep_summary.csv"
@@ -106,7 +107,9 @@ def end_record(previous: Mapping[str, Any] | None, job_return: JobReturn) -> dic
         return record
     error = job_return._return_value
     record["status"] = "failed"
-    record.setdefault("error", f"{type(error).__name__}: {error}")
+    # A compact error (the app's JobFailed) is already the one line a user should read.
+    text = str(error) if isinstance(error, CompactHydraException) else f"{type(error).__name__}: {error}"
+    record.setdefault("error", text)
     return record
 
 
@@ -471,7 +474,7 @@ def format_groups(groups: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> s
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m distfs_pipeline.sweep SWEEP_DIR [--by KEY ...]`: (re)write the summary of a sweep
     directory, print it, and with `--by` print the mean of each metric per group of override values."""
-    parser = argparse.ArgumentParser(prog="python -m distfs_pipeline.sweep", description=main.__doc__)
+    parser = OneLineArgumentParser(prog="python -m distfs_pipeline.sweep", description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--by", nargs="+", default=[], metavar="KEY", help="override keys to group by")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")

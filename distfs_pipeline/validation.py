@@ -40,6 +40,12 @@ CROSS_FIELD_TEMPLATES: dict[str, str] = {
     "needs_wall_clock": "0 (run until stopped) needs {sibling}=wall (got {sibling_value})",
     "clock_overflow": "the virtual clock would pass i64 max: {sibling} + tick_ms * rounds > {limit}",
 }
+# Rules about one key that a validator of a parent model checks: the error's `ctx["at"]` holds the
+# key's path below that parent, so the message names the key itself (see `describe_error_details`).
+AT_KEY_TEMPLATES: dict[str, str] = {
+    "scenario_needs_rounds": "a scenario needs a finite run (rounds > 0)",
+    "fault_after_run": "{value} is after the last round (runtime.rounds={rounds})",
+}
 
 
 _BUILTIN_ERROR_TYPES = frozenset(get_args(ErrorType))
@@ -241,6 +247,18 @@ class ScenarioSettings(_Settings):
         0.0, ge=0.0, description="Objective: weight of the recovery latency (ms)."
     )
 
+    @field_validator("faults")
+    @classmethod
+    def _faults_need_a_study(cls, value: list[FaultSettings], info: ValidationInfo) -> list[FaultSettings]:
+        """Scenario `none` is a plain audit that injects nothing: faults there would be ignored
+        silently (e.g. a user's scenario YAML that forgot its `name`)."""
+        if value and info.data.get("name") == "none":
+            raise PydanticCustomError(
+                "faults_need_a_scenario",
+                "faults are only injected by a scenario: set scenario.name (it is none, a plain audit)",
+            )
+        return value
+
 
 class Settings(_Settings):
     """The validated configuration handed to the runner."""
@@ -249,6 +267,28 @@ class Settings(_Settings):
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     scenario: ScenarioSettings = Field(default_factory=ScenarioSettings)
+
+    @field_validator("scenario")
+    @classmethod
+    def _faults_within_the_run(cls, value: ScenarioSettings, info: ValidationInfo) -> ScenarioSettings:
+        """A study measures faults in `runtime.rounds` rounds: each must start inside the run."""
+        runtime = info.data.get("runtime")
+        if value.name == "none" or not isinstance(runtime, RuntimeSettings):
+            return value
+        if runtime.rounds == 0:
+            raise PydanticCustomError(
+                "scenario_needs_rounds",
+                AT_KEY_TEMPLATES["scenario_needs_rounds"],
+                {"at": ("..", "runtime", "rounds")},
+            )
+        for number, fault in enumerate(value.faults):
+            if fault.at_round > runtime.rounds:
+                raise PydanticCustomError(
+                    "fault_after_run",
+                    AT_KEY_TEMPLATES["fault_after_run"],
+                    {"at": ("faults", number, "at_round"), "value": fault.at_round, "rounds": runtime.rounds},
+                )
+        return value
 
     def adaptive_policy(self) -> AdaptivePolicy:
         """The policy as the scheduler's plain value."""
@@ -298,8 +338,13 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 def describe_error_details(err: ErrorDetails, prefix: str = "") -> str:
     """One pydantic error as `<prefix><dotted.key>: <rule>`; shared with the schema validator."""
-    key = prefix + _dotted(err["loc"]) if err["loc"] else (prefix.rstrip(".") or "config")
-    parent = prefix + "".join(f"{_dotted(err['loc'][:-1])}." if len(err["loc"]) > 1 else "")
+    loc = tuple(err["loc"])
+    at = (err.get("ctx") or {}).get("at")
+    if err["type"] in AT_KEY_TEMPLATES and isinstance(at, tuple):  # a parent's rule about one key
+        loc = loc[:-1] if at[:1] == ("..",) else loc
+        loc = (*loc, *(part for part in at if part != ".."))
+    key = prefix + _dotted(loc) if loc else (prefix.rstrip(".") or "config")
+    parent = prefix + "".join(f"{_dotted(loc[:-1])}." if len(loc) > 1 else "")
     return f"{key}: {_rule_text(err, parent)}"
 
 
@@ -344,6 +389,8 @@ def _rule_text(err: ErrorDetails, parent: str) -> str:
         return f"must be a string (got {value!r})"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']} (got {value!r})"
+    if kind in AT_KEY_TEMPLATES:
+        return AT_KEY_TEMPLATES[kind].format(**ctx)
     if kind not in _BUILTIN_ERROR_TYPES:  # a rule of ours: its message already says it all
         return err["msg"]
     return f"{err['msg']} (got {value!r})"

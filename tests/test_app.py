@@ -124,6 +124,56 @@ def test_multirun_runs_every_job(tmp_path: Path, cache_home: Path) -> None:
     assert sorted(summary_of(p.parent)["rounds"] for p in (tmp_path / "m").glob("*/summary.json")) == [2, 3]
 
 
+def test_a_multirun_job_failing_at_run_time_fails_alone(tmp_path: Path, cache_home: Path) -> None:
+    """A job whose input is bad only at run time (its store root is missing) is recorded as failed
+    with its one-line error, and the other jobs still run and are summarized."""
+    store = LocalCasStore(tmp_path / "store")
+    store.put_bytes(b"one blob")
+    sweep_dir = tmp_path / "m"
+    roots = f"runtime.storage_root={tmp_path / 'missing'},{store.root}"
+    result = run_cli(tmp_path, cache_home, "-m", roots, "runtime.rounds=2", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 1, result.stderr  # Hydra ends a sweep with a failed job so
+    assert "Traceback" not in result.stderr and "does not exist" in result.stderr
+    rows = json.loads((sweep_dir / "sweep_summary.json").read_text())["rows"]
+    by_status = {row["status"]: row for row in rows}
+    assert sorted(by_status) == ["completed", "failed"]
+    assert by_status["failed"]["error"] == f"runtime.storage_root: {tmp_path / 'missing'} does not exist"
+    assert summary_of(sweep_dir / str(by_status["completed"]["job"]))["rounds"] == 2
+
+
+def test_an_os_error_on_our_own_files_is_one_line_exit_2(tmp_path: Path, cache_home: Path) -> None:
+    state = tmp_path / "state.json"
+    (tmp_path / "state.json.tmp").mkdir()  # the atomic write's temp file cannot be created
+    result = run_cli(
+        tmp_path,
+        cache_home,
+        f"runtime.state_path={state}",
+        "runtime.rounds=2",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "state.json: cannot write" in lines[0] and "Traceback" not in result.stderr
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--cfg", "job", "-m", "policy=default,steady"],
+        ["--resolve"],
+        ["hydra.run.dir={tmp}/afile"],
+        ["-m", "hydra.sweep.dir={tmp}/afile", "runtime.rounds=1"],
+    ],
+)
+def test_hydra_level_mistakes_are_one_line_exit_2(tmp_path: Path, cache_home: Path, args: list[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = run_cli(tmp_path, cache_home, *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 BAD_STATE = '{"next_blob_cursor": 0, "rounds_executed": "many"}'
 
 

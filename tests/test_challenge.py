@@ -231,6 +231,30 @@ def test_summarize_node_storage_challenge_stats_counts_pass_and_failure_reasons(
     assert node_b.failures_by_reason == {"TIMEOUT": 1}
 
 
+def test_summarize_counts_an_invalid_receipt_hash_as_a_failure(store, reader) -> None:
+    """Upstream counts any `Err(_)` of verify; an invalid hash is `BlobHashInvalid`, not a crash."""
+    challenge = issued(reader, store, 80, node_id="node-a", max_sample_bytes=16)
+    receipt = answer_storage_challenge(reader, challenge, 200)
+    for bad in ("", "../x"):
+        broken = dataclasses.replace(receipt, sample_hash=bad)
+        with pytest.raises(BlobHashInvalid):
+            verify_storage_challenge_receipt(challenge, broken, 0)
+        [stats] = summarize_node_storage_challenge_stats([(challenge, broken), (challenge, receipt)], 0)
+        assert (stats.node_id, stats.total_checks, stats.passed_checks, stats.failed_checks) == (
+            "node-a",
+            2,
+            1,
+            1,
+        )
+        assert stats.failures_by_reason == {"HASH_MISMATCH": 1}
+    bad_content = dataclasses.replace(receipt, content_hash="a/b")
+    [stats] = summarize_node_storage_challenge_stats([(challenge, bad_content)], 0)
+    assert stats.failures_by_reason == {"HASH_MISMATCH": 1}
+    bad_expected = dataclasses.replace(challenge, expected_sample_hash="a\\b")
+    [stats] = summarize_node_storage_challenge_stats([(bad_expected, receipt)], 0)
+    assert stats.failures_by_reason == {"HASH_MISMATCH": 1}
+
+
 def test_summarize_node_storage_challenge_stats_accepts_empty_entries() -> None:
     assert summarize_node_storage_challenge_stats([], 0) == []
 
@@ -309,6 +333,29 @@ def test_request_validation_messages_in_order(store, reader, fields, message) ->
     with pytest.raises(DistributedValidationFailed) as info:
         issue_storage_challenge(reader, request)
     assert info.value.reason == message
+
+
+@pytest.mark.parametrize("blank", ["\x1c", "\x1d", "\x1e", "\x1f", "\x1f \x1c"])
+def test_ids_empty_only_under_rust_trim(store, reader, blank) -> None:
+    """Rust's `trim()` keeps U+001C..U+001F (not White_Space); Python's `strip()` would drop them."""
+    content_hash = store.put_bytes(make_blob(40))
+    request = request_for(content_hash, challenge_id=blank, world_id=blank, node_id=blank, vrf_seed=blank)
+    challenge = issue_storage_challenge(reader, request)
+    receipt = answer_storage_challenge(reader, challenge, 150)
+    verify_storage_challenge_receipt(challenge, receipt, 0)
+    report = probe_storage_challenges(store, blank, blank, 1, ProbeConfig(), reader=reader)
+    assert (report.total_checks, report.passed_checks) == (1, 1)
+
+
+@pytest.mark.parametrize("blank", ["\x85", "\xa0", "\u1680", "\u2000", "\u200a", "\u2028", "\u3000"])
+def test_unicode_white_space_ids_are_empty_as_upstream(store, reader, blank) -> None:
+    content_hash = store.put_bytes(make_blob(40))
+    with pytest.raises(DistributedValidationFailed) as info:
+        issue_storage_challenge(reader, request_for(content_hash, challenge_id=f" {blank}\t"))
+    assert info.value.reason == "storage challenge field challenge_id cannot be empty"
+    with pytest.raises(DistributedValidationFailed) as info:
+        probe_storage_challenges(store, blank, "node", 1, ProbeConfig(), reader=reader)
+    assert info.value.reason == "storage challenge field world_id cannot be empty"
 
 
 def test_request_hash_is_validated_before_sizes(reader) -> None:

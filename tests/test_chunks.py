@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -309,6 +310,37 @@ def test_directory_in_place_of_a_large_blob_is_an_io_error(store, tmp_path) -> N
         fast.read_sample(content_hash, 10, "s")
     with pytest.raises(Io):
         fast.blob_len(content_hash)
+
+
+@pytest.mark.parametrize("mode", ["full", "chunked"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_non_regular_file_at_a_must_hold_name_is_a_counted_io_error(store, tmp_path, mode, kind) -> None:
+    """Our index keeps names the upstream listing skips (FIFOs, symlinks to devices). Reading one
+    must be a READ_IO_ERROR in both modes, never a probe blocked on a FIFO or reading /dev/zero."""
+    content_hash = store.put_bytes(make_blob(100))
+    path = store.blob_path(content_hash)
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    assert list(store.candidates()) == [content_hash]
+
+    def hung(_signum, _frame):
+        raise TimeoutError("the read blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        reader = make_reader(store, VerifyOptions(mode=mode, chunk_size_bytes=CHUNK))
+        outcome = run_check(reader, request(content_hash), 1_000, 0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not outcome.passed
+    assert outcome.failure is not None
+    assert outcome.failure.reason.value == "READ_IO_ERROR"
+    assert outcome.failure.error.endswith("failed: not a regular file")
 
 
 def test_sha256_store_uses_sha256_for_the_whole_blob_and_blake3_for_samples(tmp_path) -> None:

@@ -118,7 +118,7 @@ def test_bad_configurations_fail_with_one_line(argv: list[str], message: str) ->
         ["--help", "policy=nope"],
         ["-h", "policy.typo=1"],
         ["--hydra-help", "policy=nope"],
-        ["--info", "policy=nope"],
+        ["--info", "defaults", "policy=nope"],
         ["--info=defaults", "policy=nope"],
         ["--version"],
         ["--shell-completion", "policy=nope"],
@@ -346,3 +346,85 @@ def test_multirun_runs_every_job_and_a_bad_value_exits_2(tmp_path: Path) -> None
         "error: probe.challenges_per_tick: must be >= 1 (got 0) [sweep job: probe.challenges_per_tick=0]\n"
     )
     assert not (tmp_path / "m2").exists()
+
+
+# --- Hydra's own flag rules and output dirs: one line instead of Hydra's traceback ---------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--cfg", "job", "-m", "policy=default,steady"],
+            "command line: --multirun and --cfg cannot be combined",
+        ),
+        (["--info", "-m"], "command line: --multirun and --info cannot be combined"),
+        (["--run", "-m"], "command line: --run and --multirun cannot be combined"),
+        (["--info", "searchpath", "--cfg", "job"], "command line: --cfg and --info cannot be combined"),
+        (["--resolve", "runtime.rounds=2"], "command line: --resolve needs --cfg"),
+        (["--experimental-rerun", "/nonexistent/config.pickle"], "--experimental-rerun: file not found"),
+        (["--info", "policy=nope"], "command line: argument --info/-i: invalid choice: 'policy=nope'"),
+    ],
+)
+def test_hydra_flag_conflicts_are_one_line(argv: list[str], message: str) -> None:
+    assert error(argv).startswith(message)
+
+
+@pytest.mark.parametrize("argv", [["--help", "-m"], ["--cfg", "job", "--resolve"], ["--version", "-m"]])
+def test_allowed_flag_combinations_pass(argv: list[str]) -> None:
+    preflight(argv, CONF)
+
+
+def test_a_run_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert error([f"hydra.run.dir={tmp_path}/afile"]) == f"hydra.run.dir: {tmp_path}/afile is not a directory"
+    assert error([f"hydra.run.dir={tmp_path}/afile/sub"]).endswith(
+        f"is inside {tmp_path}/afile, which is not a directory"
+    )
+    assert error(["-m", f"hydra.sweep.dir={tmp_path}/afile"]).startswith("hydra.sweep.dir:")
+    preflight(["--cfg", "job", f"hydra.run.dir={tmp_path}/afile"], CONF)  # prints only: no dir made
+
+
+def test_user_yaml_that_is_a_list_names_the_config(tmp_path: Path) -> None:
+    searchpath = user_dir(tmp_path, {"policy/mine.yaml": "- 1\n- 2\n"})
+    assert error([searchpath, "policy=mine"]).startswith("config 'policy/mine': Merge error: list is not")
+
+
+def test_user_yaml_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "mine.yaml").write_bytes(b"backoff_base_ms: \xff\n")
+    message = error([f"hydra.searchpath=[file://{tmp_path}]", "policy=mine"])
+    assert message.startswith(f"{tmp_path}/policy/mine.yaml: not UTF-8 text")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["scenario=bit_rot", "scenario.faults[0].blobs=3"], "index with a dot: scenario.faults.0.blobs=..."),
+        (["runtime.world_id=世界"], "quote a value with other characters: key='value'"),
+    ],
+)
+def test_unparsable_overrides_say_how_to_write_them(argv: list[str], message: str) -> None:
+    assert error(argv).endswith(message)
+
+
+def test_an_unknown_key_does_not_suggest_adding_it() -> None:
+    # The schema is closed: `+foo=1` is refused too, so Hydra's "+key=value" advice misleads.
+    assert error(["foo=1"]) == "foo: unknown key (not in PipelineConf)"
+
+
+def test_a_scenario_schedule_past_the_run_is_refused_up_front() -> None:
+    message = "scenario.faults[0].at_round: 41 is after the last round (runtime.rounds=20)"
+    assert error(["scenario=lost_blob", "runtime.rounds=20"]) == message
+    assert error(["-m", "scenario=lost_blob", "runtime.rounds=20,400"]).startswith(message)
+    assert error(["scenario=lost_blob", "runtime=wall", "runtime.rounds=0"]).startswith(
+        "runtime.rounds: a scenario"
+    )
+
+
+def test_a_user_scenario_without_a_name_is_refused_not_run_as_a_plain_audit(tmp_path: Path) -> None:
+    searchpath = user_dir(tmp_path, {"scenario/mine.yaml": "faults:\n  - kind: delete\n    at_round: 3\n"})
+    assert error([searchpath, "scenario=mine"]).startswith(
+        "scenario.faults: faults are only injected by a scenario"
+    )
+    preflight([searchpath, "scenario=mine", "scenario.name=mine"], CONF)

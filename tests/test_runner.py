@@ -160,3 +160,57 @@ def test_progress_draws_only_when_wanted(mode: str, shown: bool) -> None:
     progress.update(totals, load_state("/nonexistent"), force=True)
     progress.close()
     assert ("\rround 3/10" in stream.getvalue()) is shown
+
+
+# --- broken stores: the run goes on, fails closed, and never writes to the store -----------------
+
+
+def _blobs_dir_is_a_file(root: Path) -> None:
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs").rmdir()
+    (root / "blobs").write_text("not a directory\n")
+
+
+def _index_is_a_directory(root: Path) -> None:
+    small_store(root)
+    index = LocalCasStore(root).index_path
+    index.unlink()
+    index.mkdir()
+
+
+@pytest.mark.parametrize("breakage", [_blobs_dir_is_a_file, _index_is_a_directory])
+def test_a_store_that_cannot_be_listed_fails_every_round_and_is_not_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], breakage: Any
+) -> None:
+    store = tmp_path / "store"
+    breakage(store)
+    before = tree(store)
+    summary = run_audit(make_settings(storage_root=str(store), rounds=3), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "warning:" in err and "rewardable_bytes is 0" in err and len(err.splitlines()) == 1
+    assert summary["rounds_with_error"] == 3 and summary["failed_checks"] == 3
+    assert summary["rewardable_bytes"] == 0
+    assert tree(store) == before
+
+
+def test_an_index_listing_no_blobs_is_not_called_an_empty_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = small_store(tmp_path / "store")
+    LocalCasStore(store).index_path.write_bytes(b"\x00\xff garbage without a newline")
+    summary = run_audit(make_settings(storage_root=str(store), rounds=2), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "lists no blobs (5 blob files are not in it)" in err
+    assert summary["no_data"]
+
+
+def test_a_state_write_that_fails_is_one_usage_error_and_the_round_is_recovered(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    (tmp_path / "state.json.tmp").mkdir()  # the atomic write's temp file cannot be created
+    settings = make_settings(storage_root=str(small_store(tmp_path / "store")), state_path=str(state))
+    with pytest.raises(UsageError, match=r"state file .*state\.json: cannot write: .*state\.json\.tmp"):
+        run_audit(settings, tmp_path / "run1")
+    assert not state.exists()
+    (tmp_path / "state.json.tmp").rmdir()
+    summary = run_audit(settings, tmp_path / "run2")  # the logged round is rolled forward
+    assert summary["recovered_round"] == 1 and summary["cumulative"]["rounds_executed"] == 7

@@ -32,7 +32,7 @@ from distfs_pipeline.scenarios import (
     resolve_targets,
 )
 from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.validation import Settings, settings_from_cfg
 
 START, TICK = 1_767_225_600_000, 200
 TTL, SKEW = 30_000, 5_000
@@ -298,8 +298,29 @@ def test_failed_job_still_writes_its_result(tmp_path: Path) -> None:
 
 
 def test_schedule_past_the_run_is_refused(tmp_path: Path) -> None:
+    # A rule of the configuration: refused when it is validated (before any job, with -m too).
     with pytest.raises(
-        UsageError, match=r"faults\[0\].at_round: 30 is after the last round \(runtime.rounds=24\)"
+        UsageError,
+        match=r"^scenario\.faults\[0\]\.at_round: 30 is after the last round \(runtime.rounds=24\)$",
     ):
-        study.run_study(settings(None, [{"kind": "slow", "at_round": 30}]), tmp_path / "job")
+        settings_from_cfg(
+            {
+                "runtime": {"rounds": 24},
+                "scenario": {"name": "test", "faults": [{"kind": "slow", "at_round": 30}]},
+            }
+        )
+    ok = settings(None, [{"kind": "slow", "at_round": 24}])
+    late = ok.model_copy(update={"runtime": ok.runtime.model_copy(update={"rounds": 23})})  # unvalidated
+    with pytest.raises(UsageError, match="is after the last round"):
+        study.run_study(late, tmp_path / "job")  # the study checks again
     assert not (tmp_path / "job" / "scenario-store").exists()
+
+
+def test_a_scenario_copy_of_a_store_that_cannot_be_listed_names_the_key(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "blobs").write_text("not a directory")
+    with pytest.raises(UsageError, match=r"^runtime\.storage_root: cannot copy the store: "):
+        study.run_study(settings(broken, [{"kind": "delete"}]), tmp_path / "job")
+    with pytest.raises(UsageError, match=r"^runtime\.storage_root: .*missing is not a directory"):
+        study.run_study(settings(tmp_path / "missing", [{"kind": "delete"}]), tmp_path / "job2")

@@ -440,7 +440,18 @@ def test_non_failure_round_clears_streak_keeps_last_backoff(passed_failed: tuple
 
 @pytest.mark.parametrize(
     ("cursor", "total", "count", "expected"),
-    [(0, 2, 3, 2), (2, 2, 3, 1), (7, 2, 3, 0), (1, 3, 3, 1), (5, 1, 0, 0), (2, 7, 5, 4)],
+    [
+        (0, 2, 3, 2),
+        (2, 2, 3, 1),
+        (7, 2, 3, 0),
+        (1, 3, 3, 1),
+        (5, 1, 0, 0),
+        (2, 7, 5, 4),
+        # Upstream's usize `+` wraps at 2^64 (release build): (2^64-1 + 1) -> 0, (2^64-1 + 4) -> 3.
+        (U64_MAX, 1, 3, 0),
+        (U64_MAX, 4, 5, 3),
+        (U64_MAX - 1, 1, 3, 0),
+    ],
 )
 def test_cursor_rule(cursor: int, total: int, count: int, expected: int) -> None:
     new, _ = scheduler.advance(
@@ -483,6 +494,18 @@ def test_auditor_rejects_empty_ids(store, world_id: str, node_id: str, field: st
     with pytest.raises(DistributedValidationFailed) as err:
         Auditor(store, world_id=world_id, node_id=node_id, probe=ProbeConfig(), policy=AdaptivePolicy())
     assert err.value.reason == f"probe field {field} cannot be empty"
+
+
+@pytest.mark.parametrize("blank", ["\x1c", "\x1d", "\x1e", "\x1f", " \x1f "])
+def test_auditor_ids_are_empty_only_under_rust_trim(store, blank: str) -> None:
+    """U+001C..U+001F are not Rust whitespace: upstream accepts such ids, and so do we."""
+    store.put_bytes(blob(40))
+    auditor = Auditor(store, world_id=blank, node_id=blank, probe=ProbeConfig(), policy=AdaptivePolicy())
+    report, state = auditor.run_round(CursorState(), 1_000)
+    assert (report.total_checks, report.passed_checks, state.rounds_executed) == (1, 1, 1)
+    with pytest.raises(DistributedValidationFailed) as err:
+        Auditor(store, world_id="w", node_id="\u3000\x85", probe=ProbeConfig(), policy=AdaptivePolicy())
+    assert err.value.reason == "probe field node_id cannot be empty"
 
 
 def test_auditor_validates_config_then_policy_then_ids(store) -> None:

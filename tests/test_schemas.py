@@ -192,3 +192,24 @@ def test_validate_command_as_a_module(tmp_path: Path) -> None:
 def test_schema_dir_points_at_the_repo() -> None:
     assert schemas.SCHEMA_DIR == ROOT / "schemas"
     assert json.loads((ROOT / "schemas" / "config.schema.json").read_text())["$schema"] == schemas.DIALECT
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: command"),
+        (["validate"], "the following arguments are required: FILE"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["validate", "--schema", "nope", "x.yaml"], "invalid choice: 'nope'"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        len(err.splitlines()) == 1 and message in err and err.startswith("python -m distfs_pipeline.schemas")
+    )

@@ -21,6 +21,7 @@ from distfs_pipeline.state import (
     load_state,
     lock_path,
     recover,
+    repair_tail,
     save_state,
     state_json,
     temp_path,
@@ -251,3 +252,57 @@ def test_a_garbage_complete_last_line_is_dropped_but_worse_is_refused(tmp_path: 
     log.write_bytes(b"junk\nmore junk\n")
     with pytest.raises(UsageError, match="round log"):
         recover(state_path)
+
+
+# --- hostile neighbourhoods: one UsageError, nothing cut or overwritten --------------------------
+
+
+def test_a_wal_pointing_at_a_file_that_is_not_a_round_log_is_refused_and_the_file_kept(
+    tmp_path: Path,
+) -> None:
+    state_path = tmp_path / "state.json"
+    save_state(state_path, sample_state())
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes\nnot json at all\n")
+    wal_path(state_path).write_text(json.dumps({"version": 1, "log_path": str(victim)}))
+    with pytest.raises(UsageError, match="is not a round log"):
+        recover(state_path)
+    assert victim.read_text() == "my notes\nnot json at all\n"
+
+
+def test_a_wal_pointing_at_a_directory_is_refused(tmp_path: Path) -> None:
+    state_path = tmp_path / "state.json"
+    (tmp_path / "run" / "rounds.jsonl").mkdir(parents=True)
+    wal_path(state_path).write_text(
+        json.dumps({"version": 1, "log_path": str(tmp_path / "run" / "rounds.jsonl")})
+    )
+    with pytest.raises(UsageError, match="is not a round log"):
+        recover(state_path)
+
+
+def test_an_unreadable_round_log_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="round log"):
+        repair_tail(tmp_path)  # a directory: cannot be opened for repair
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    state_path = tmp_path / "state.json"
+    save_state(state_path, sample_state(1))
+    old = state_path.read_bytes()
+    temp_path(state_path).mkdir()
+    with pytest.raises(UsageError, match=r"state file .*: cannot write: .*\.tmp: Is a directory"):
+        save_state(state_path, sample_state(2))
+    assert state_path.read_bytes() == old
+
+
+def test_a_state_path_that_is_a_directory_is_refused_without_a_lock_file(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        StateLock(tmp_path / "state").acquire()
+    assert not (tmp_path / "state.lock").exists()
+
+
+def test_a_file_where_the_state_dir_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match=r"afile: exists but is not a directory"):
+        StateLock(tmp_path / "afile" / "sub" / "state.json").acquire()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from distfs_pipeline.errors import (
     BlobNotFound,
     DistributedValidationFailed,
     Io,
+    Serde,
 )
 from distfs_pipeline.store import INDEX_FILE, SNAPSHOT_FILE, LocalCasStore, blake3_hex, validate_hash
 
@@ -68,7 +70,9 @@ def test_cas_roundtrip_and_pin(tmp_path: Path) -> None:
     assert store.is_pinned(content_hash)
     pins_text = (tmp_path / "cas" / "pins.json").read_text()
     assert json.loads(pins_text) == {"pins": [content_hash]}
-    assert pins_text == '{\n  "pins": [\n    "' + content_hash + '"\n  ]\n}'  # serde to_vec_pretty
+    # `write_json_atomic` is `serde_json::to_vec` (compact) in every upstream version that writes
+    # through `<name>.tmp-<pid>-<nanos>`, the one SPEC 2.1 describes.
+    assert pins_text == '{"pins":["' + content_hash + '"]}'
 
 
 def test_cas_sha256_roundtrip_and_verify(tmp_path: Path) -> None:
@@ -144,6 +148,32 @@ def test_get_errors(tmp_path: Path) -> None:
         store.get("nul\0byte")  # upstream: exists() is false for such a path
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_get_refuses_a_non_regular_file_without_reading_it(tmp_path: Path, kind: str) -> None:
+    """A FIFO (would block) or a link to a device (would read without end) under a blob name."""
+    store = LocalCasStore(tmp_path)
+    content_hash = store.put_bytes(b"data")
+    path = store.blob_path(content_hash)
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+    def hung(_signum, _frame):
+        raise TimeoutError("the read blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(Io) as info:
+            store.get_verified(content_hash)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(info.value) == f"read blob {path} failed: not a regular file"
+
+
 def test_pins_unpin_and_missing_blob(tmp_path: Path) -> None:
     store = LocalCasStore(tmp_path)
     with pytest.raises(BlobNotFound):
@@ -156,6 +186,47 @@ def test_pins_unpin_and_missing_blob(tmp_path: Path) -> None:
     assert store.unpin(a) is True
     assert store.unpin(a) is False
     assert store.pins() == [b]
+
+
+def test_pins_file_is_upstream_bytes_through_a_pid_nanos_temp(tmp_path: Path, monkeypatch) -> None:
+    """`pins.json` as `serde_json::to_vec` writes it: compact, sorted, non-ASCII kept as UTF-8, and
+    written through `pins.tmp-<pid>-<nanos>` (the path with its extension replaced), then renamed."""
+    store = LocalCasStore(tmp_path)
+    names = ["zz", "b\u00e9", "a\u00ff"]
+    for name in names:
+        (tmp_path / "blobs").mkdir(exist_ok=True)
+        store.blob_path(name).write_bytes(b"x")
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        renames.append((Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", spy)
+    for name in names:
+        store.pin(name)
+    assert (tmp_path / "pins.json").read_bytes() == '{"pins":["a\u00ff","b\u00e9","zz"]}'.encode()
+    src, dst = renames[-1]
+    prefix = f"pins.tmp-{os.getpid()}-"
+    assert src.startswith(prefix) and src[len(prefix) :].isdigit() and dst == "pins.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs", "pins.json"]
+    assert store.unpin("zz") is True
+    assert (tmp_path / "pins.json").read_bytes() == '{"pins":["a\u00ff","b\u00e9"]}'.encode()
+
+
+def test_pins_file_with_a_lone_surrogate_is_refused_as_serde_json_does(tmp_path: Path) -> None:
+    store = LocalCasStore(tmp_path)
+    (tmp_path / "pins.json").write_text('{"pins":["\\ud800"]}')
+    with pytest.raises(Serde, match="lone surrogate"):
+        store.pins()
+    (tmp_path / "pins.json").write_text('{"pins":["\\ud83d\\ude00"]}')  # a pair is one character
+    assert store.pins() == ["\U0001f600"]
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / os.fsdecode(b"\xff.blob")).write_bytes(b"x")  # not UTF-8: no Rust String
+    with pytest.raises(Serde, match="serialize"):
+        store.pin(os.fsdecode(b"\xff"))
+    assert store.pins() == ["\U0001f600"]
 
 
 # --- upstream listing --------------------------------------------------------------------------------

@@ -132,3 +132,19 @@ def test_end_record_keeps_what_the_job_wrote_and_adds_hydras_verdict() -> None:
     study_failed = {"status": "failed", "error": "UsageError: the study's own words"}
     kept = sweep.end_record(study_failed, returned(JobStatus.FAILED, RuntimeError("wrapped")))
     assert kept["error"] == "UsageError: the study's own words"
+
+
+def test_a_compact_job_error_is_recorded_as_its_one_line() -> None:
+    from distfs_pipeline.app import JobFailed
+
+    failed = sweep.end_record({"status": "running"}, returned(JobStatus.FAILED, JobFailed("runtime.x: bad")))
+    assert failed["error"] == "runtime.x: bad"
+
+
+@pytest.mark.parametrize("argv", [[], ["/nonexistent/sweep"], ["--by"]])
+def test_command_line_mistakes_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        sweep.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("python -m distfs_pipeline.sweep: error: ")
