@@ -104,6 +104,24 @@ def _open_store(root: Path) -> LocalCasStore:
     return LocalCasStore(root)
 
 
+def _check_cache_dir(settings: Settings) -> None:
+    """A chunk cache that cannot be created is the user's key, said once up front.
+
+    The cache only saves reads (a failed cache write never changes an outcome), so without this
+    check a bad `probe.chunk_cache_dir` would only show as a warning per blob in the job log.
+    """
+    cache_dir = settings.probe.chunk_cache_dir
+    if settings.probe.verify_mode != "chunked" or cache_dir is None:
+        return
+    path = Path(cache_dir)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"probe.chunk_cache_dir: {cache_dir} exists but is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"probe.chunk_cache_dir: {cache_dir} cannot be created ({err.strerror})") from None
+
+
 def _make_auditor(settings: Settings, store: LocalCasStore, hooks: RunHooks) -> Auditor:
     rt = settings.runtime
     try:
@@ -372,6 +390,7 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
     settings = resolve_settings(settings, run_dir, hooks)
     rt = settings.runtime
     store = _open_store(Path(rt.storage_root or ""))
+    _check_cache_dir(settings)
     auditor = _make_auditor(settings, store, hooks)
     state_path = Path(rt.state_path or "")
     started = time.monotonic()

@@ -287,3 +287,27 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_no_round(tmp_path: Path, 
     assert sum(r["passed_checks"] for r in records) == saved["cumulative_passed_checks"]
     epochs = [e for log in sorted(tmp_path.glob("*/epochs.jsonl")) for e in read_jsonl(log)]
     assert sorted(e["epoch"] for e in epochs) == list(range(1, saved["rounds_executed"] // 4 + 1))
+
+
+@pytest.mark.parametrize(
+    ("sub", "problem"), [("", "exists but is not a directory"), ("/sub", "cannot be created")]
+)
+def test_an_unusable_chunk_cache_dir_is_one_line_exit_2(
+    tmp_path: Path, cache_home: Path, sub: str, problem: str
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    state = tmp_path / "state.json"
+    result = run_cli(
+        tmp_path,
+        cache_home,
+        f"probe.chunk_cache_dir={blocker}{sub}",
+        f"runtime.state_path={state}",
+        "runtime.rounds=2",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distfs_pipeline: error: probe.chunk_cache_dir:")
+    assert problem in lines[0]
+    assert blocker.read_text() == "x" and not state.exists()
