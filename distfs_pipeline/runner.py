@@ -1,8 +1,9 @@
-"""The run loop: owns the clock, persistence, the round and epoch logs, the summary and progress.
+"""The run loop: resolves the settings, owns the clock, signals, persistence and the round/epoch logs.
 
 Why a separate layer: the auditor runs one round and knows nothing about time or files; this module
 decides when rounds happen, makes each one durable through `state.RoundJournal` (write-ahead round
-log, then the state file), and turns the run into the files an operator reads.
+log, then the state file), and writes the files an operator reads. What goes into the summary, the
+end-of-run table and the progress line is `summary.py`'s job.
 
 Clocks:
 - `virtual`: round `i` (0-based over the state's whole history, i.e. `rounds_executed` before it)
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TextIO
+from typing import Any
 
 from . import demo, reward
 from .auditor import Auditor
@@ -40,13 +41,13 @@ from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
 from .state import ROUND_LOG_NAME, Recovered, RoundJournal, StateLock, recover, repair_tail, write_atomic
 from .store import LocalCasStore
+from .summary import Progress, RunTotals, build_summary, format_summary
 from .validation import Settings
 
 ROUNDS_LOG = ROUND_LOG_NAME
 EPOCHS_LOG = "epochs.jsonl"
 SUMMARY_FILE = "summary.json"
 DEFAULT_STATE_FILE = "probe-state.json"
-_PROGRESS_INTERVAL_S = 0.1
 _WALL_SLEEP_SLICE_S = 0.05
 
 
@@ -218,92 +219,7 @@ class WallClock:
         return time.time_ns() // 1_000_000
 
 
-# --- this run's totals and progress --------------------------------------------------------------
-
-
-@dataclass
-class RunTotals:
-    """What this run did (the state file holds the cumulative history)."""
-
-    rounds: int = 0
-    first_round: int | None = None
-    last_round: int | None = None
-    checks: int = 0
-    passed: int = 0
-    failed: int = 0
-    failure_reasons: dict[str, int] = field(default_factory=dict)
-    skipped_by_backoff: int = 0
-    error_rounds: int = 0
-    max_blob_count: int = 0
-    epochs_closed: int = 0
-
-    def add(self, report: RoundReport) -> None:
-        self.rounds += 1
-        self.first_round = self.first_round or report.round_index
-        self.last_round = report.round_index
-        self.checks += report.total_checks
-        self.passed += report.passed_checks
-        self.failed += report.failed_checks
-        for key, count in report.failure_reasons.items():
-            self.failure_reasons[key] = self.failure_reasons.get(key, 0) + count
-        self.skipped_by_backoff += int(report.skipped_by_backoff)
-        self.error_rounds += int(report.error is not None)
-        self.max_blob_count = max(self.max_blob_count, report.blob_count)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rounds": self.rounds,
-            "first_round": self.first_round,
-            "last_round": self.last_round,
-            "checks_spent": self.checks,
-            "passed_checks": self.passed,
-            "failed_checks": self.failed,
-            "failure_reasons": dict(sorted(self.failure_reasons.items())),
-            "pass_ratio": reward.pass_ratio(self.passed, self.checks),
-            "rounds_skipped_by_backoff": self.skipped_by_backoff,
-            "rounds_with_error": self.error_rounds,
-            "epochs_closed": self.epochs_closed,
-        }
-
-
-class Progress:
-    """A throttled one-line display on stderr for long runs; silent when not wanted."""
-
-    def __init__(self, mode: str, planned: int, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = mode == "always" or (mode == "auto" and _isatty(self.stream))
-        self.planned = planned
-        self.started = time.monotonic()
-        self._last_draw = 0.0
-        self._drawn = False
-
-    def update(self, totals: RunTotals, state: CursorState, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last_draw < _PROGRESS_INTERVAL_S):
-            return
-        self._last_draw = now
-        of = f"/{self.planned}" if self.planned else ""
-        ratio = reward.pass_ratio(totals.passed, totals.checks)
-        shown = f"{ratio:.1%}" if ratio is not None else "-"
-        self.stream.write(
-            f"\rround {totals.rounds}{of} (#{state.rounds_executed})  checks {totals.checks}  "
-            f"pass {shown}  failed {totals.failed}  skipped {totals.skipped_by_backoff}  "
-            f"{now - self.started:.1f}s "
-        )
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _isatty(stream: IO[str]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+# --- messages ------------------------------------------------------------------------------------
 
 
 def warn(message: str) -> None:
@@ -406,7 +322,17 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
         finally:
             run.journal.close()
             run.progress.close()
-    summary = build_summary(run, recovered, time.monotonic() - started)
+    summary = build_summary(
+        run.settings,
+        run.run_dir,
+        run.state,
+        run.totals,
+        rewardable=run.rewardable,
+        stop_signal=run.stop.signal_name,
+        recovered=recovered,
+        elapsed_s=time.monotonic() - started,
+        outputs=(ROUNDS_LOG, EPOCHS_LOG, SUMMARY_FILE),
+    )
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode("utf-8") + b"\n")
     print(format_summary(summary), flush=True)
     return summary
@@ -494,88 +420,3 @@ def _one_round(run: _Run, observed_ms: int) -> None:
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
     if run.hooks.on_round is not None:
         run.hooks.on_round(report)
-
-
-# --- summary -------------------------------------------------------------------------------------
-
-
-def build_summary(run: _Run, recovered: Recovered, elapsed_s: float) -> dict[str, Any]:
-    """summary.json: resolved config, what this run did, and the cumulative state."""
-    rt, state, totals = run.settings.runtime, run.state, run.totals
-    no_data = totals.checks == 0
-    return {
-        "config": run.settings.model_dump(mode="json"),
-        "store_root": rt.storage_root,
-        "state_path": rt.state_path,
-        "run_dir": str(run.run_dir),
-        "blob_count": totals.max_blob_count,
-        "rewardable_bytes": run.rewardable,
-        "no_data": no_data,
-        "no_data_reason": _no_data_reason(totals) if no_data else None,
-        "stopped_by": f"signal {run.stop.signal_name}" if run.stop else "rounds",
-        "recovered_round": recovered.state.rounds_executed if recovered.rolled_forward else None,
-        "elapsed_s": round(elapsed_s, 3),
-        **totals.to_dict(),
-        "cumulative": {
-            "rounds_executed": state.rounds_executed,
-            "checks": state.cumulative_total_checks,
-            "passed_checks": state.cumulative_passed_checks,
-            "failed_checks": state.cumulative_failed_checks,
-            "failure_reasons": dict(sorted(state.cumulative_failure_reasons.items())),
-            "pass_ratio": reward.pass_ratio(state.cumulative_passed_checks, state.cumulative_total_checks),
-            "rounds_skipped_by_backoff": state.cumulative_backoff_skipped_rounds,
-        },
-        "final_state": state.to_dict(),
-        "outputs": {name: str(run.run_dir / name) for name in (ROUNDS_LOG, EPOCHS_LOG, SUMMARY_FILE)},
-    }
-
-
-def _no_data_reason(totals: RunTotals) -> str:
-    if totals.rounds == 0:
-        return "no round ran"
-    if totals.max_blob_count == 0 and totals.skipped_by_backoff < totals.rounds:
-        return "empty store"
-    return "every round was skipped by backoff"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The table printed at the end of a run (stdout), for people; summary.json is for programs."""
-    reasons = summary["failure_reasons"] or {}
-    cumulative = summary["cumulative"]
-    rows = [
-        ("store", f"{summary['store_root']} ({summary['blob_count']} blobs to hold)"),
-        ("state", f"{summary['state_path']} (rounds_executed {cumulative['rounds_executed']})"),
-        ("run dir", summary["run_dir"]),
-        ("rounds", _rounds_text(summary)),
-        ("checks", _checks_text(summary["checks_spent"], summary["passed_checks"], summary["pass_ratio"])),
-    ]
-    rows += [(f"  {key}", str(count)) for key, count in sorted(reasons.items())]
-    rows += [
-        (
-            "cumulative",
-            _checks_text(cumulative["checks"], cumulative["passed_checks"], cumulative["pass_ratio"]),
-        ),
-        ("epochs closed", str(summary["epochs_closed"])),
-        ("stopped by", summary["stopped_by"]),
-    ]
-    if summary["no_data"]:
-        rows.append(("NO DATA", summary["no_data_reason"]))
-    width = max(len(name) for name, _ in rows)
-    lines = ["distfs_pipeline audit summary", *(f"  {name:<{width}}  {value}" for name, value in rows)]
-    return "\n".join(lines)
-
-
-def _rounds_text(summary: dict[str, Any]) -> str:
-    span = f" (#{summary['first_round']}..#{summary['last_round']})" if summary["rounds"] else ""
-    return (
-        f"{summary['rounds']}{span}, {summary['rounds_skipped_by_backoff']} skipped by backoff, "
-        f"{summary['rounds_with_error']} with a round-level error"
-    )
-
-
-def _checks_text(total: int, passed: int, ratio: float | None) -> str:
-    return f"{total} ({passed} passed, {total - passed} failed, pass ratio {_pct(ratio)})"

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from distfs_pipeline import index as index_module
 from distfs_pipeline import scheduler
-from distfs_pipeline import store as store_module
 from distfs_pipeline.auditor import Auditor
+from distfs_pipeline.index import INDEX_FILE, SNAPSHOT_FILE
 from distfs_pipeline.models import (
     AdaptivePolicy,
     CursorState,
@@ -28,7 +29,7 @@ from distfs_pipeline.models import (
     RoundReport,
     VerifyOptions,
 )
-from distfs_pipeline.store import INDEX_FILE, SNAPSHOT_FILE, LocalCasStore
+from distfs_pipeline.store import LocalCasStore
 
 REASON_KEYS = [reason.value for reason in FailureReason]
 
@@ -211,13 +212,13 @@ index_lines = st.one_of(
 def test_bulk_index_parse_equals_the_per_line_rules(lines: list[bytes]) -> None:
     block = b"".join(lines)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "_PER_LINE_BYTES", 24)  # halve down to a line or two
-        assert store_module._parse_index_lines(block) == store_module._parse_odd_lines(block)
+        patch.setattr(index_module, "_PER_LINE_BYTES", 24)  # halve down to a line or two
+        assert index_module._parse_index_lines(block) == index_module._parse_odd_lines(block)
 
 
 def _reference_candidates(root: Path) -> list[str]:
     log = (root / INDEX_FILE).read_bytes()
-    return sorted(set(store_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
+    return sorted(set(index_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
 
 
 store_ops = st.one_of(
@@ -242,9 +243,9 @@ def test_index_candidates_are_the_logs_whatever_the_fast_paths_do(tmp_path: Path
     root.mkdir()
     index, snapshot = root / INDEX_FILE, root / SNAPSHOT_FILE
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "_SNAPSHOT_MIN_BYTES", 64)
-        patch.setattr(store_module, "_INSORT_MAX", 2)  # both merge paths
-        patch.setattr(store_module, "_PER_LINE_BYTES", 24)
+        patch.setattr(index_module, "_SNAPSHOT_MIN_BYTES", 64)
+        patch.setattr(index_module, "_INSORT_MAX", 2)  # both merge paths
+        patch.setattr(index_module, "_PER_LINE_BYTES", 24)
         writer, reader = LocalCasStore(root), LocalCasStore(root)
         for op, arg in ops:
             if op == "puts":
@@ -254,7 +255,7 @@ def test_index_candidates_are_the_logs_whatever_the_fast_paths_do(tmp_path: Path
                 with open(index, "ab") as handle:
                     handle.write(arg)
             elif op == "snapshot" and index.exists():
-                writer._write_snapshot()
+                writer.must_hold._write_snapshot()
             elif op == "damage snapshot" and snapshot.exists():
                 raw = bytearray(snapshot.read_bytes())
                 raw[len(raw) // 3] ^= 0x20

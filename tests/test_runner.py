@@ -13,9 +13,10 @@ import pytest
 from distfs_pipeline import demo
 from distfs_pipeline.errors import UsageError
 from distfs_pipeline.models import RoundReport
-from distfs_pipeline.runner import Progress, RunHooks, RunTotals, run_audit
+from distfs_pipeline.runner import RunHooks, run_audit
 from distfs_pipeline.state import StateLock, load_state
 from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.summary import Progress, RunTotals
 from distfs_pipeline.validation import Settings
 
 START, TICK = 1_767_225_600_000, 200

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from distfs_pipeline import index as index_module
 from distfs_pipeline import store as store_module
 from distfs_pipeline.errors import (
     BlobHashInvalid,
@@ -20,7 +21,8 @@ from distfs_pipeline.errors import (
     Io,
     Serde,
 )
-from distfs_pipeline.store import INDEX_FILE, SNAPSHOT_FILE, LocalCasStore, blake3_hex, validate_hash
+from distfs_pipeline.index import INDEX_FILE, SNAPSHOT_FILE
+from distfs_pipeline.store import LocalCasStore, blake3_hex, validate_hash
 
 
 def make_blob(n: int) -> bytes:
@@ -429,7 +431,7 @@ def test_puts_stay_cheap_as_the_index_grows(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(
         store_module.os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data)
     )
-    monkeypatch.setattr(store_module, "_parse_index_lines", None)  # any parse during put would fail
+    monkeypatch.setattr(index_module, "_parse_index_lines", None)  # any parse during put would fail
     store.put_bytes(b"one more")
     assert writes == [len(b"one more"), len(f"{blake3_hex(b'one more')} 8\n")]
 
@@ -440,7 +442,7 @@ def test_puts_stay_cheap_as_the_index_grows(tmp_path: Path, monkeypatch) -> None
 def reference_candidates(root: Path) -> list[str]:
     """What the per-line rules make of the whole log (the reference for every fast path)."""
     log = (root / INDEX_FILE).read_bytes()
-    return sorted(set(store_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
+    return sorted(set(index_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
 
 
 ODD_INDEX_LINES = [
@@ -466,12 +468,12 @@ ODD_INDEX_LINES = [
 
 @pytest.mark.parametrize("odd", ODD_INDEX_LINES)
 def test_bulk_index_parse_equals_the_per_line_rules(odd: bytes, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "_PER_LINE_BYTES", 64)  # so the halving is exercised
+    monkeypatch.setattr(index_module, "_PER_LINE_BYTES", 64)  # so the halving is exercised
     plain = [f"{blake3_hex(bytes([n]))} {n}".encode() for n in range(40)]
     for block in (odd + b"\n", b"\n".join([*plain[:25], odd, *plain[25:]]) + b"\n"):
-        assert store_module._parse_index_lines(block) == store_module._parse_odd_lines(block)
+        assert index_module._parse_index_lines(block) == index_module._parse_odd_lines(block)
     block = b"\n".join(plain) + b"\n"
-    assert store_module._parse_plain_lines(block) == store_module._parse_odd_lines(block)
+    assert index_module._parse_plain_lines(block) == index_module._parse_odd_lines(block)
 
 
 def test_listing_bulk_path_equals_the_per_entry_rules(tmp_path: Path) -> None:
@@ -509,19 +511,19 @@ def test_listing_bulk_path_fails_as_the_per_entry_rules(tmp_path: Path, name: by
 @pytest.fixture
 def small_snapshots(monkeypatch) -> None:
     """Snapshots from a 2 KiB log on (about 30 puts), so the tests stay small."""
-    monkeypatch.setattr(store_module, "_SNAPSHOT_MIN_BYTES", 2048)
+    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_BYTES", 2048)
 
 
 def parsed_bytes(monkeypatch) -> list[int]:
     """Spy: the size of every block the log parser is handed."""
     sizes: list[int] = []
-    real = store_module._parse_index_lines
+    real = index_module._parse_index_lines
 
     def spy(block: bytes) -> tuple[list[str], list[str]]:
         sizes.append(len(block))
         return real(block)
 
-    monkeypatch.setattr(store_module, "_parse_index_lines", spy)
+    monkeypatch.setattr(index_module, "_parse_index_lines", spy)
     return sizes
 
 
@@ -551,9 +553,9 @@ def test_snapshot_keeps_odd_names(tmp_path: Path, small_snapshots) -> None:
     store = LocalCasStore(tmp_path)
     for n in range(40):
         store.put_bytes(make_blob(n))
-    store._write_snapshot()
+    store.must_hold._write_snapshot()
     reader = LocalCasStore(tmp_path)
-    loaded = reader._load_snapshot(reader._log_prefix_digest)
+    loaded = reader.must_hold._load_snapshot(reader.must_hold._log_prefix_digest)
     assert loaded is not None and sorted(loaded[0]) == reference_candidates(tmp_path)
     assert {"with space", "per%cent", "new\nline", "é"} <= set(LocalCasStore(tmp_path).candidates())
 
@@ -579,7 +581,7 @@ def test_a_snapshot_that_does_not_match_is_ignored(
         log = index.read_bytes()
         index.write_bytes(log.replace(hashes[1].encode(), blake3_hex(b"other").encode()))
     reader = LocalCasStore(tmp_path)
-    assert reader._load_snapshot(reader._log_prefix_digest) is None
+    assert reader.must_hold._load_snapshot(reader.must_hold._log_prefix_digest) is None
     parsed = parsed_bytes(monkeypatch)
     assert list(LocalCasStore(tmp_path).candidates()) == reference_candidates(tmp_path)
     assert sum(parsed) == index.stat().st_size  # the whole log, parsed as if there were no snapshot
