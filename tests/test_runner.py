@@ -215,3 +215,22 @@ def test_a_state_write_that_fails_is_one_usage_error_and_the_round_is_recovered(
     (tmp_path / "state.json.tmp").rmdir()
     summary = run_audit(settings, tmp_path / "run2")  # the logged round is rolled forward
     assert summary["recovered_round"] == 1 and summary["cumulative"]["rounds_executed"] == 7
+
+
+@pytest.mark.parametrize("mode", ["chunked", "full"])
+def test_a_plain_store_listing_persists_in_the_chunk_cache_dir(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "store"
+    (root / "blobs").mkdir(parents=True)
+    for i in range(3):
+        data = f"plain {i}".encode()
+        (root / "blobs" / f"{LocalCasStore(root).hash_hex(data)}.blob").write_bytes(data)
+    past = 1_600_000_000_000_000_000
+    os.utime(root / "blobs", ns=(past, past))  # out of the racy window
+    before = tree(root)
+    settings = make_settings(storage_root=str(root), rounds=2, probe={"verify_mode": mode})
+    summary = run_audit(settings, tmp_path / "run")
+    assert (summary["blob_count"], summary["cumulative"]["passed_checks"]) == (3, 2)
+    assert tree(root) == before  # nothing written into the audited store
+    cache = tmp_path / "run" / "probe-state.json.chunks"  # the resolved chunk cache dir, also in full mode
+    expected = LocalCasStore(root, listing_cache_dir=cache).listing_cache_path
+    assert expected is not None and [p.name for p in cache.glob("listing-*.bin")] == [expected.name]

@@ -604,3 +604,201 @@ def test_reading_never_writes_a_snapshot(tmp_path: Path, small_snapshots) -> Non
     store = LocalCasStore(tmp_path)
     assert list(store.candidates()) == reference_candidates(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs", INDEX_FILE]
+
+
+# --- the persisted listing cache (outside the store) ----------------------------------------------
+
+
+def plain_store(root: Path, n: int = 3) -> list[str]:
+    """An upstream store of `n` blobs (no index), its blobs dir aged out of the racy window."""
+    blobs = root / "blobs"
+    blobs.mkdir(parents=True)
+    for i in range(n):
+        (blobs / f"{blake3_hex(make_blob(i))}.blob").write_bytes(make_blob(i))
+    age_dir(blobs)
+    return sorted(blake3_hex(make_blob(i)) for i in range(n))
+
+
+def count_listings(monkeypatch) -> list[int]:
+    """Spy: one entry per upstream listing (the bulk listing, as `candidates()` calls it)."""
+    calls: list[int] = []
+    real = LocalCasStore.list_blob_hashes
+    monkeypatch.setattr(LocalCasStore, "list_blob_hashes", lambda self: calls.append(1) or real(self))
+    return calls
+
+
+def test_listing_cache_lets_a_new_process_load_without_listing(tmp_path: Path, monkeypatch) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    hashes = plain_store(root)
+    first = LocalCasStore(root, listing_cache_dir=cache)
+    assert list(first.candidates()) == hashes
+    assert first.listing_cache_path is not None and first.listing_cache_path.parent == cache
+    assert [p.name for p in cache.iterdir()] == [first.listing_cache_path.name]
+    scans: list[object] = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(store_module.os, "scandir", lambda path: scans.append(path) or real_scandir(path))
+    second = LocalCasStore(root, listing_cache_dir=cache)
+    assert list(second.candidates()) == hashes
+    assert scans == []
+    assert list(LocalCasStore(root).candidates()) == hashes  # without the cache: listed
+    assert len(scans) == 1
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_listing_cache_sees_a_blob_added_or_removed_later(tmp_path: Path, monkeypatch, change: str) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    hashes = plain_store(root)
+    LocalCasStore(root, listing_cache_dir=cache).candidates()
+    blobs = root / "blobs"
+    if change == "add":
+        extra = blake3_hex(b"extra")
+        (blobs / f"{extra}.blob").write_bytes(b"extra")
+        expected = sorted([*hashes, extra])
+    else:
+        (blobs / f"{hashes[0]}.blob").unlink()
+        expected = hashes[1:]
+    later = time.time_ns() + 1_000_000_000  # a coarse clock may leave the mtime as it was: force it on
+    os.utime(blobs, ns=(later, later))
+    calls = count_listings(monkeypatch)
+    assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == expected
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("damage", ["flip a body byte", "flip a header byte", "truncate", "empty", "garbage"])
+def test_a_damaged_listing_cache_is_ignored(tmp_path: Path, monkeypatch, damage: str) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    hashes = plain_store(root)
+    path = LocalCasStore(root, listing_cache_dir=cache).listing_cache_path
+    assert path is not None
+    LocalCasStore(root, listing_cache_dir=cache).candidates()
+    raw = bytearray(path.read_bytes())
+    if damage == "flip a body byte":
+        raw[-5] ^= 1
+    elif damage == "flip a header byte":  # e.g. the count or the listing time
+        raw[store_module._LISTING_FIELDS.size - 3] ^= 1
+    elif damage == "truncate":
+        raw = raw[:-10]
+    elif damage == "empty":
+        raw = bytearray()
+    else:
+        raw = bytearray(b"\0" * 200)
+    path.write_bytes(bytes(raw))
+    reader = LocalCasStore(root, listing_cache_dir=cache)
+    assert reader._load_persisted_listing(path, *_stat_key(root)) is None
+    calls = count_listings(monkeypatch)
+    assert list(reader.candidates()) == hashes
+    assert len(calls) == 1
+
+
+def _stat_key(root: Path) -> tuple[int, int, int]:
+    st = os.stat(root / "blobs")
+    return st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def test_a_listing_cache_of_a_replaced_blobs_dir_is_ignored(tmp_path: Path, monkeypatch) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    plain_store(root)
+    LocalCasStore(root, listing_cache_dir=cache).candidates()
+    mtime = (root / "blobs").stat().st_mtime_ns
+    os.rename(root / "blobs", tmp_path / "old-blobs")
+    (root / "blobs").mkdir()
+    (root / "blobs" / "other.blob").write_bytes(b"")
+    os.utime(root / "blobs", ns=(mtime, mtime))  # same mtime, other inode
+    calls = count_listings(monkeypatch)
+    assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == ["other"]
+    assert len(calls) == 1
+
+
+def test_a_racy_listing_is_neither_written_nor_trusted(tmp_path: Path, monkeypatch) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    hashes = plain_store(root)
+    now = time.time_ns()
+    os.utime(root / "blobs", ns=(now, now))  # changed just now: a listing now is racy
+    store = LocalCasStore(root, listing_cache_dir=cache)
+    assert list(store.candidates()) == hashes
+    assert not cache.exists()
+    # A racy file (as another writer might leave it) is not trusted either.
+    path = store.listing_cache_path
+    assert path is not None
+    store_module._save_persisted_listing(path, *_stat_key(root), now, tuple(hashes))
+    assert path.is_file()
+    reader = LocalCasStore(root, listing_cache_dir=cache)
+    assert reader._load_persisted_listing(path, *_stat_key(root)) is None
+    calls = count_listings(monkeypatch)
+    assert list(reader.candidates()) == hashes
+    assert len(calls) == 1
+
+
+def test_listing_cache_is_never_written_inside_the_store(tmp_path: Path, caplog) -> None:
+    hashes = plain_store(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for inside in (tmp_path, tmp_path / "cache", tmp_path / "blobs"):
+        store = LocalCasStore(tmp_path, listing_cache_dir=inside)
+        assert store.listing_cache_path is None
+        assert list(store.candidates()) == hashes
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert "inside the store" in caplog.text
+
+
+def test_a_failed_listing_cache_write_changes_nothing_else(tmp_path: Path, caplog) -> None:
+    root = tmp_path / "store"
+    hashes = plain_store(root)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    store = LocalCasStore(root, listing_cache_dir=not_a_dir)
+    assert list(store.candidates()) == hashes
+    assert list(store.candidates()) == hashes
+    assert "listing cache write" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "store"]
+
+
+def test_an_indexed_store_writes_no_listing_cache(tmp_path: Path) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    store = LocalCasStore(root, listing_cache_dir=cache)
+    a = store.put_bytes(b"a")
+    age_dir(root / "blobs")
+    assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == [a]
+    assert not cache.exists()
+
+
+def test_names_with_a_newline_are_listed_but_not_persisted(tmp_path: Path) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / "new\nline.blob").write_bytes(b"")
+    (root / "blobs" / "plain.blob").write_bytes(b"")
+    age_dir(root / "blobs")
+    assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == ["new\nline", "plain"]
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("name", [b"a..b.blob", b"\xff.blob"])
+def test_listing_errors_are_unchanged_with_a_listing_cache(tmp_path: Path, name: bytes) -> None:
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    plain_store(root)
+    os.close(os.open(os.path.join(os.fsencode(root / "blobs"), name), os.O_CREAT | os.O_WRONLY))
+    age_dir(root / "blobs")
+    with pytest.raises((BlobHashInvalid, DistributedValidationFailed)) as plain:
+        LocalCasStore(root).candidates()
+    with pytest.raises(type(plain.value)) as cached:
+        LocalCasStore(root, listing_cache_dir=cache).candidates()
+    assert str(cached.value) == str(plain.value)
+    assert not cache.exists()
+
+
+def test_an_unopenable_blobs_dir_fails_as_without_the_cache(tmp_path: Path, monkeypatch) -> None:
+    """A chmod leaves the mtime as it was: the cached listing must not hide the listing's error."""
+    root, cache = tmp_path / "store", tmp_path / "cache"
+    plain_store(root)
+    LocalCasStore(root, listing_cache_dir=cache).candidates()
+    blobs = os.fspath(root / "blobs")
+    real_open, real_scandir = os.open, os.scandir
+
+    def denied(path, *args, **kwargs):
+        if os.fspath(path) == blobs:
+            raise PermissionError(13, "Permission denied", blobs)
+        return (real_open if args else real_scandir)(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "open", denied)
+    monkeypatch.setattr(store_module.os, "scandir", denied)
+    with pytest.raises(Io, match="list blobs dir"):
+        LocalCasStore(root, listing_cache_dir=cache).candidates()
