@@ -8,6 +8,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Self
@@ -288,6 +289,19 @@ def _check_state_value(name: str, value: Any) -> Any:
             raise Serde(f"field `last_backoff_reason`: expected a string or null, got {value!r}")
         return value
     raise Serde(f"unexpected field `{name}`")  # pragma: no cover - fields are enumerated above
+
+
+def add_counts(base: Mapping[str, int], more: Mapping[str, int], cap: int | None = None) -> dict[str, int]:
+    """Per-reason counts summed key by key, as a new dict (`base`'s keys first, then new ones).
+
+    One merge for every place that sums reason maps: the scheduler's cumulative state (saturating at
+    `cap`, as upstream's u64 `saturating_add`), the epoch accumulator and the run's totals.
+    """
+    merged = dict(base)
+    for key, count in more.items():
+        total = merged.get(key, 0) + count
+        merged[key] = total if cap is None else min(total, cap)
+    return merged
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .models import RoundReport
+from .models import RoundReport, add_counts
 
 STORAGE_RATIO_THRESHOLD = 0.85
 STORAGE_RATIO_SPAN = 1.0 - STORAGE_RATIO_THRESHOLD  # the ratio range that earns points: 0.85..1.0
@@ -42,9 +42,7 @@ class EpochAccumulator:
 
     def add(self, report: RoundReport) -> EpochAccumulator:
         """The sums after one more round (a new value; the accumulator is immutable)."""
-        reasons = dict(self.failure_reasons)
-        for key, count in report.failure_reasons.items():
-            reasons[key] = reasons.get(key, 0) + count
+        reasons = add_counts(self.failure_reasons, report.failure_reasons)
         return replace(
             self,
             last_round=report.round_index,

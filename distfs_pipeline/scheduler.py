@@ -26,6 +26,7 @@ from .models import (
     FailureReason,
     ProbeConfig,
     RoundReport,
+    add_counts,
 )
 
 # Upstream caps the doubling at 2^16 so the exponent never overflows a shift.
@@ -149,9 +150,7 @@ def skip_for_backoff(state: CursorState, observed_ms: int) -> CursorState | None
 
 def _accumulate(state: CursorState, report: RoundReport) -> CursorState:
     """A copy of `state` with this round's counts added (saturating) and the round recorded."""
-    reasons = dict(state.cumulative_failure_reasons)
-    for key, count in report.failure_reasons.items():
-        reasons[key] = _sat_u64(reasons.get(key, 0) + count)
+    reasons = add_counts(state.cumulative_failure_reasons, report.failure_reasons, cap=U64_MAX)
     return dataclasses.replace(
         state,
         rounds_executed=_sat_u64(state.rounds_executed + 1),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from . import reward
-from .models import CursorState, RoundReport
+from .models import CursorState, RoundReport, add_counts
 from .state import Recovered
 from .validation import Settings
 
@@ -50,8 +50,7 @@ class RunTotals:
         self.checks += report.total_checks
         self.passed += report.passed_checks
         self.failed += report.failed_checks
-        for key, count in report.failure_reasons.items():
-            self.failure_reasons[key] = self.failure_reasons.get(key, 0) + count
+        self.failure_reasons = add_counts(self.failure_reasons, report.failure_reasons)
         self.skipped_by_backoff += int(report.skipped_by_backoff)
         self.error_rounds += int(report.error is not None)
         self.max_blob_count = max(self.max_blob_count, report.blob_count)
