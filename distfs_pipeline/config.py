@@ -12,8 +12,9 @@ Types and key names are checked here; ranges and cross-field rules (u32/i64 boun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from enum import StrEnum
+from typing import get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
@@ -22,8 +23,9 @@ from .models import (
     DEFAULT_CHALLENGE_TTL_MS,
     DEFAULT_CHALLENGES_PER_TICK,
     DEFAULT_MAX_SAMPLE_BYTES,
-    U32_MAX,
+    AdaptivePolicy,
 )
+from .scenarios import FaultKind, TargetOrder  # Hydra-free; `FaultConf` below types its keys with them
 
 SCHEMA_NAME = "pipeline_schema"
 
@@ -52,19 +54,20 @@ class Progress(StrEnum):
     never = "never"
 
 
-@dataclass
-class PolicyConf:
-    """`policy` group: upstream's StorageChallengeAdaptivePolicy, upstream defaults."""
+# `models` uses `from __future__ import annotations`, so its field types are strings until resolved.
+_POLICY_HINTS = get_type_hints(AdaptivePolicy)
 
-    max_checks_per_round: int = U32_MAX
-    backoff_base_ms: int = 0
-    backoff_max_ms: int = 0
-    backoff_multiplier_hash_mismatch: int = 1
-    backoff_multiplier_missing_sample: int = 1
-    backoff_multiplier_timeout: int = 1
-    backoff_multiplier_read_io_error: int = 1
-    backoff_multiplier_signature_invalid: int = 1
-    backoff_multiplier_unknown: int = 1
+PolicyConf = make_dataclass(
+    "PolicyConf",
+    [(f.name, _POLICY_HINTS[f.name], field(default=f.default)) for f in fields(AdaptivePolicy)],
+)
+PolicyConf.__module__ = __name__  # Python 3.11's make_dataclass has no `module=` (3.12 does)
+PolicyConf.__doc__ = """`policy` group: upstream's StorageChallengeAdaptivePolicy, upstream defaults.
+
+Derived field for field (names, types, defaults) from `models.AdaptivePolicy`, the record the
+scheduler runs on, so the Hydra schema cannot drift from it. It is a separate, mutable dataclass
+because OmegaConf needs a plain structured-config class, not the frozen record with its methods.
+"""
 
 
 @dataclass
@@ -95,23 +98,6 @@ class RuntimeConf:
     rounds: int = 300
     epoch_rounds: int = 100
     progress: Progress = Progress.auto
-
-
-class FaultKind(StrEnum):
-    """What a scenario fault does to its target blobs (see `scenarios`)."""
-
-    bit_rot = "bit_rot"
-    delete = "delete"
-    truncate = "truncate"
-    unreadable = "unreadable"
-    slow = "slow"
-
-
-class TargetOrder(StrEnum):
-    """How audit candidates are ordered before `target_index` picks from them."""
-
-    by_hash = "by_hash"
-    largest_first = "largest_first"
 
 
 class Baseline(StrEnum):

@@ -42,24 +42,26 @@ from .errors import UsageError, WorldError
 from .store import LocalCasStore
 
 
+# Member names are lowercase and equal their values: `config.FaultConf` uses these enums too, and
+# OmegaConf matches enum values by member *name*, so YAML and overrides read `kind: bit_rot`.
 class FaultKind(StrEnum):
     """What happens to the target blobs (see the module docstring)."""
 
-    BIT_ROT = "bit_rot"
-    DELETE = "delete"
-    TRUNCATE = "truncate"
-    UNREADABLE = "unreadable"
-    SLOW = "slow"
+    bit_rot = "bit_rot"
+    delete = "delete"
+    truncate = "truncate"
+    unreadable = "unreadable"
+    slow = "slow"
 
 
 class TargetOrder(StrEnum):
     """How candidates are ordered before `target_index` picks from them."""
 
-    BY_HASH = "by_hash"
-    LARGEST_FIRST = "largest_first"
+    by_hash = "by_hash"
+    largest_first = "largest_first"
 
 
-FILE_KINDS = frozenset({FaultKind.BIT_ROT, FaultKind.DELETE, FaultKind.TRUNCATE, FaultKind.UNREADABLE})
+FILE_KINDS = frozenset({FaultKind.bit_rot, FaultKind.delete, FaultKind.truncate, FaultKind.unreadable})
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class FaultSpec:
     repair_at_round: int | None = None
     flap_every: int = 0
     target_index: int = 0
-    target_order: TargetOrder = TargetOrder.BY_HASH
+    target_order: TargetOrder = TargetOrder.by_hash
     blobs: int = 1
     flip_bytes: int = 1
     offset: int | None = None
@@ -84,7 +86,7 @@ class FaultSpec:
         """Build from a validated settings dump (enum fields arrive as strings)."""
         values = dict(data)
         values["kind"] = FaultKind(values["kind"])
-        values["target_order"] = TargetOrder(values.get("target_order", TargetOrder.BY_HASH))
+        values["target_order"] = TargetOrder(values.get("target_order", TargetOrder.by_hash))
         return cls(**values)
 
     def active_at(self, round_number: int) -> bool:
@@ -171,7 +173,7 @@ def healthy_copy(source: Path, destination: Path) -> tuple[int, list[str]]:
 def order_candidates(store: LocalCasStore, order: TargetOrder) -> list[str]:
     """The store's audit candidates in `order` (largest first ties broken by hash)."""
     hashes = list(store.candidates())
-    if order is TargetOrder.BY_HASH:
+    if order is TargetOrder.by_hash:
         return hashes
     sizes = store.index_sizes()
 
@@ -272,7 +274,7 @@ class FaultInjector:
     def _inject(self, target: _Target) -> None:
         spec = target.spec
         for content_hash in target.hashes:
-            if spec.kind is FaultKind.SLOW:
+            if spec.kind is FaultKind.slow:
                 self._delays[content_hash] = (
                     spec.delay_ms if spec.delay_ms is not None else self.default_delay_ms
                 )
@@ -283,7 +285,7 @@ class FaultInjector:
 
     def _repair(self, target: _Target) -> None:
         for content_hash in target.hashes:
-            if target.spec.kind is FaultKind.SLOW:
+            if target.spec.kind is FaultKind.slow:
                 self._delays.pop(content_hash, None)
                 continue
             saved = target.saved.pop(content_hash)
@@ -292,18 +294,18 @@ class FaultInjector:
     def _damage(self, path: Path, content_hash: str, spec: FaultSpec) -> None:
         """Do to the blob file what the fault kind does to a real node's file."""
         match spec.kind:
-            case FaultKind.BIT_ROT:
+            case FaultKind.bit_rot:
                 self._bit_rot(path, content_hash, spec)
-            case FaultKind.DELETE:
+            case FaultKind.delete:
                 path.unlink()
-            case FaultKind.TRUNCATE:
+            case FaultKind.truncate:
                 size = path.stat().st_size
                 keep = spec.truncate_to if spec.truncate_to is not None else size // 2
                 os.truncate(path, min(keep, max(size - 1, 0)))
-            case FaultKind.UNREADABLE:
+            case FaultKind.unreadable:
                 path.unlink()
                 path.mkdir()
-            case _:  # pragma: no cover - SLOW never reaches here
+            case _:  # pragma: no cover - slow never reaches here
                 raise AssertionError(spec.kind)
 
     def _bit_rot(self, path: Path, content_hash: str, spec: FaultSpec) -> None:

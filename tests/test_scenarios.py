@@ -70,11 +70,11 @@ def audit_all(store: LocalCasStore, injector: FaultInjector, cache: Path) -> Aud
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
-        (FaultKind.BIT_ROT, FailureReason.HASH_MISMATCH),
-        (FaultKind.DELETE, FailureReason.MISSING_SAMPLE),
-        (FaultKind.TRUNCATE, FailureReason.HASH_MISMATCH),
-        (FaultKind.UNREADABLE, FailureReason.READ_IO_ERROR),
-        (FaultKind.SLOW, FailureReason.TIMEOUT),
+        (FaultKind.bit_rot, FailureReason.HASH_MISMATCH),
+        (FaultKind.delete, FailureReason.MISSING_SAMPLE),
+        (FaultKind.truncate, FailureReason.HASH_MISMATCH),
+        (FaultKind.unreadable, FailureReason.READ_IO_ERROR),
+        (FaultKind.slow, FailureReason.TIMEOUT),
     ],
 )
 def test_each_fault_fails_its_target_with_its_reason_and_repair_restores_it(
@@ -105,7 +105,7 @@ def test_each_fault_fails_its_target_with_its_reason_and_repair_restores_it(
 
 def test_bit_rot_keeps_size_and_mtime_like_real_rot(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store")
-    injector = FaultInjector(store.root, [FaultSpec(FaultKind.BIT_ROT, offset=100)], default_delay_ms=0)
+    injector = FaultInjector(store.root, [FaultSpec(FaultKind.bit_rot, offset=100)], default_delay_ms=0)
     path = store.blob_path(injector.targets[0].hashes[0])
     original, st = path.read_bytes(), path.stat()
     injector.before_round(1, START)
@@ -126,7 +126,7 @@ def test_silent_bit_rot_is_seen_only_by_a_window_over_the_damaged_chunk(tmp_path
     reader = ChunkedReader(store, 1024, cache)
     content_hash = store.candidates()[0]
     reader.read_window(content_hash, 0, 1024)  # verified once: the cache now holds 65 digests
-    spec = FaultSpec(FaultKind.BIT_ROT, offset=40 * 1024 + 7, silent=True)
+    spec = FaultSpec(FaultKind.bit_rot, offset=40 * 1024 + 7, silent=True)
     FaultInjector(store.root, [spec], default_delay_ms=0, chunk_cache_dir=cache).before_round(1, START)
     assert reader.read_window(content_hash, 0, 1024)  # chunk 0 is intact: the rot goes unseen
     assert reader.stats.full_verifies == 1
@@ -141,7 +141,7 @@ def test_rot_that_moves_ctime_is_caught_by_the_next_check_anywhere(tmp_path: Pat
     reader = ChunkedReader(store, 1024, tmp_path / "cache")
     content_hash = store.candidates()[0]
     reader.read_window(content_hash, 0, 1024)
-    spec = FaultSpec(FaultKind.BIT_ROT, offset=40 * 1024, silent=False)
+    spec = FaultSpec(FaultKind.bit_rot, offset=40 * 1024, silent=False)
     FaultInjector(store.root, [spec], default_delay_ms=0, chunk_cache_dir=tmp_path / "cache").before_round(
         1, 0
     )
@@ -150,20 +150,20 @@ def test_rot_that_moves_ctime_is_caught_by_the_next_check_anywhere(tmp_path: Pat
 
 
 def test_flapping_and_repair_schedule() -> None:
-    spec = FaultSpec(FaultKind.SLOW, at_round=3, repair_at_round=12, flap_every=2)
+    spec = FaultSpec(FaultKind.slow, at_round=3, repair_at_round=12, flap_every=2)
     assert [r for r in range(1, 15) if spec.active_at(r)] == [3, 4, 7, 8, 11]
-    assert [r for r in range(1, 6) if FaultSpec(FaultKind.DELETE, at_round=4).active_at(r)] == [4, 5]
+    assert [r for r in range(1, 6) if FaultSpec(FaultKind.delete, at_round=4).active_at(r)] == [4, 5]
 
 
 def test_targets_by_size_out_of_range_and_overlap(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store")
-    largest = resolve_targets(store, [FaultSpec(FaultKind.DELETE, target_order=TargetOrder.LARGEST_FIRST)])
+    largest = resolve_targets(store, [FaultSpec(FaultKind.delete, target_order=TargetOrder.largest_first)])
     assert store.index_sizes()[largest[0][0]] == 20_008
     with pytest.raises(UsageError, match=r"faults\[0\]: target_index 3 \+ blobs 2 exceeds the 4"):
-        resolve_targets(store, [FaultSpec(FaultKind.DELETE, target_index=3, blobs=2)])
+        resolve_targets(store, [FaultSpec(FaultKind.delete, target_index=3, blobs=2)])
     with pytest.raises(UsageError, match=r"already the target of scenario.faults\[0\]"):
-        resolve_targets(store, [FaultSpec(FaultKind.DELETE), FaultSpec(FaultKind.TRUNCATE)])
-    assert resolve_targets(store, [FaultSpec(FaultKind.DELETE), FaultSpec(FaultKind.SLOW)])  # slow: no files
+        resolve_targets(store, [FaultSpec(FaultKind.delete), FaultSpec(FaultKind.truncate)])
+    assert resolve_targets(store, [FaultSpec(FaultKind.delete), FaultSpec(FaultKind.slow)])  # slow: no files
 
 
 def test_healthy_copy_keeps_only_blobs_that_verify(tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def report(
 
 def event(action: str, round_number: int, fault: int = 0, hashes: tuple[str, ...] = ("a",)) -> FaultEvent:
     return FaultEvent(
-        fault, FaultKind.BIT_ROT, action, round_number, START + (round_number - 1) * TICK, hashes
+        fault, FaultKind.bit_rot, action, round_number, START + (round_number - 1) * TICK, hashes
     )
 
 
