@@ -1,0 +1,264 @@
+"""Opening, reading and replacing our own files so that a planted file cannot turn us into a weapon.
+
+Why one module: the tool runs as root in directories other people can write to. Every file we keep
+(state, lock, WAL pointer, round and epoch logs, caches, summaries, metrics, history) is opened
+through these few functions, so one set of rules holds everywhere:
+
+- never follow a symlink at the last path component (`O_NOFOLLOW`);
+- never block on a FIFO or a device (`O_NONBLOCK`), and refuse anything that `fstat` does not show
+  as a regular file once opened (the check is on what was opened, not on a name looked up before);
+- never write through a second name of someone else's file: a file we append to or lock must have
+  exactly one link (a planted hard link to `/etc/shadow` has two);
+- temp files are created exclusively with unique names (`O_EXCL`), so a planted temp name can
+  only make the write fail, never redirect it;
+- every read back is capped in size, and JSON we parse refuses duplicate keys (as serde does) and
+  reports every way `json` can fail as one `ValueError`.
+
+Errors are `OSError`s that carry the path, so callers can name the file in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BASE = _NOFOLLOW | _CLOEXEC | _NONBLOCK
+
+DEFAULT_READ_CAP = 64 * 1024 * 1024
+"""The largest file of ours we read back whole, unless the caller says otherwise."""
+
+
+class UnsafeFileError(OSError):
+    """A path is not the plain, single-linked regular file we expect (link, FIFO, device, ...)."""
+
+
+def _refuse(path: Path | str, why: str) -> UnsafeFileError:
+    return UnsafeFileError(errno.EPERM, f"refusing to use it: {why}", str(path))
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_opened(fd: int, path: Path | str, *, single_link: bool) -> os.stat_result:
+    """`fstat` what was opened: a regular file (and with one link, for files we write)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, f"it is {_kind(st.st_mode)}")
+    if single_link and st.st_nlink > 1:
+        raise _refuse(path, f"it has {st.st_nlink} hard links (a planted second name?)")
+    return st
+
+
+def _open_checked(path: Path | str, flags: int, mode: int, *, single_link: bool) -> int:
+    try:
+        fd = os.open(path, flags | _BASE, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _refuse(path, "it is a symbolic link") from None
+        if err.errno == errno.ENXIO:
+            raise _refuse(path, "it is a FIFO or socket, not a regular file") from None
+        if err.filename is None:
+            err.filename = str(path)
+        raise
+    try:
+        check_opened(fd, path, single_link=single_link)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_append(path: Path | str, mode: int = 0o644) -> int:
+    """An fd for appending to our own log, created if missing; never a link, FIFO or shared file."""
+    return _open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode, single_link=True)
+
+
+def open_update(path: Path | str, mode: int = 0o644) -> int:
+    """An fd for reading and writing our own file in place (a lock file, a log being repaired)."""
+    return _open_checked(path, os.O_RDWR | os.O_CREAT, mode, single_link=True)
+
+
+def open_existing_update(path: Path | str) -> int:
+    """Like `open_update`, but the file must already exist."""
+    return _open_checked(path, os.O_RDWR, 0, single_link=True)
+
+
+def open_read(path: Path | str) -> tuple[int, os.stat_result]:
+    """An fd for reading a regular file (no link at the last component, never blocks on a FIFO)."""
+    fd = _open_checked(path, os.O_RDONLY, 0, single_link=False)
+    return fd, os.fstat(fd)
+
+
+def read_capped(path: Path | str, cap: int = DEFAULT_READ_CAP) -> bytes:
+    """The whole content of a regular file of ours, refused when larger than `cap` bytes."""
+    fd, st = open_read(path)
+    try:
+        if st.st_size > cap:
+            raise OSError(errno.EFBIG, f"larger than the {cap} bytes allowed", str(path))
+        chunks: list[bytes] = []
+        left = cap + 1
+        while left > 0:
+            piece = os.read(fd, min(left, 1 << 20))
+            if not piece:
+                break
+            chunks.append(piece)
+            left -= len(piece)
+        data = b"".join(chunks)
+        if len(data) > cap:
+            raise OSError(errno.EFBIG, f"larger than the {cap} bytes allowed", str(path))
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_optional(path: Path | str, cap: int = DEFAULT_READ_CAP) -> bytes | None:
+    """`read_capped`, or None when the file does not exist."""
+    try:
+        return read_capped(path, cap)
+    except FileNotFoundError:
+        return None
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def unique_temp(path: Path) -> Path:
+    """A temp name beside `path` that nobody can have planted in advance."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
+
+
+def create_exclusive(path: Path | str, mode: int = 0o644) -> int:
+    """A new file, created by us now (`O_EXCL`: an existing name, link or not, is an error)."""
+    return _open_checked(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, single_link=True)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to rename over anything but a regular file: a planted link is never replaced silently."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, f"it is {_kind(st.st_mode)}")
+
+
+def write_atomic(path: Path | str, data: bytes, *, durable: bool = True, mode: int = 0o644) -> None:
+    """Replace `path` with `data`: readers see the old or the new content, never a mix.
+
+    The temp file is ours (exclusive, unique name); the target must be a regular file or absent.
+    With `durable`, the data and the rename are fsynced. On any error the temp file is removed and
+    `path` keeps its old content; the `OSError` is raised with the file it concerns.
+    """
+    path = Path(path)
+    check_replaceable(path)
+    tmp = unique_temp(path)
+    fd = create_exclusive(tmp, mode)
+    try:
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        check_replaceable(path)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path | str) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some file systems refuse fsync on a directory
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+# --- JSON we read back ---------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate field `{key}`")
+        out[key] = value
+    return out
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """Parse JSON as serde would accept it, or raise one `ValueError` that says why.
+
+    Refuses invalid UTF-8, duplicate keys, NaN/Infinity, and numbers too long to convert;
+    `RecursionError` (deep nesting) and friends never escape.
+    """
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"invalid UTF-8 at byte {err.start}") from None
+    else:
+        text = raw
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ValueError(f"invalid JSON: {err}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"`{name}` is not JSON")
+
+
+def load_json_file(path: Path | str, cap: int = DEFAULT_READ_CAP) -> Any:
+    """`read_capped` then `loads_strict`; errors are `OSError` (the file) or `ValueError` (content)."""
+    return loads_strict(read_capped(path, cap))
+
+
+def describe(err: OSError) -> str:
+    """`<file>: <reason>` in one line, for messages that name the file."""
+    text = err.strerror or str(err)
+    return f"{err.filename}: {text}" if err.filename else text
