@@ -2,36 +2,47 @@
 
 `make_reader(store, verify)` returns a `SampleReader` (see `challenge.SampleReader`):
 
-- `mode="full"` is upstream: every issue and every answer reads and hashes the whole blob
-  (`get_verified`), so a check of a 16 MiB blob costs 32 MiB of reading and hashing whatever the
-  sample size is.
+- `mode="full"` is upstream: every issue and every answer reads, decodes (`codec`) and hashes the
+  whole blob (`get_verified`), so a check of a 16 MiB blob costs 32 MiB of reading and hashing
+  (and, for an `O7CBLOB1` blob, two whole zstd decodes) whatever the sample size is.
 - `mode="chunked"` is ours (SPEC section 0, "I/O follows the sample"):
 
-  * A blob no larger than one chunk is read whole and checked against its content hash on every
-    read, exactly as upstream does; no cache is involved, so every outcome equals upstream's.
-  * A larger blob is fully verified once (its whole hash must equal the content hash, else
-    `BlobHashMismatch` and nothing is cached); that read also records the BLAKE3 hash of every
-    `chunk_size_bytes` chunk. Later checks read only the chunks the sample window covers and
-    compare their hashes (a mismatch is `BlobHashMismatch`, hence HASH_MISMATCH).
-  * The chunk hashes are trusted only while the blob file keeps the size, mtime_ns, ctime_ns
-    and inode it had when they were built; any change (a truncation, a rewrite, a replace)
-    forces a new full verification.
-  * `full_verify_every = n > 0` makes every n-th check of a blob (per process) a full
-    verification as well.
+  * A blob FILE no larger than one chunk is read whole, decoded as upstream's `get` decodes it and
+    checked against its content hash on every read, exactly as upstream does; no cache is involved,
+    so every outcome equals upstream's (a compressed blob whose file fits one chunk included).
+  * A larger file is fully verified once, exactly by upstream's rule (decode when the file is a valid
+    `O7CBLOB1` encoding of this hash, else the raw bytes; the whole hash must equal the content
+    hash, else `BlobHashMismatch` and nothing is cached). That one read records the BLAKE3 of every
+    `chunk_size_bytes` chunk of the file AS STORED ON DISK, the layout found (raw or compressed) and
+    the decoded length.
+  * Later checks of a raw blob read only the chunks the window covers and compare their digests.
+  * Later checks of a compressed blob decode the zstd stream from its start and stop at the
+    window's end (a frame cannot be entered in the middle; never the whole blob, never twice),
+    checking the digest of every on-disk chunk fed to the decoder. zstd decoding is deterministic,
+    so an intact on-disk prefix decodes to exactly the bytes the full verify hashed: no digest of
+    the decoded content is needed, and the only hash over decoded bytes is the sample's own.
+  * Confirm before condemning: a digest that does not match (or a cache that cannot be read, or a
+    decode that fails) is not a verdict by itself; the blob is fully verified again, as upstream
+    would read it, and that decides. So a corrupt or stale cache can cost I/O but can never make a
+    healthy blob fail, and a damaged one fails exactly as upstream fails it.
+  * The digests are trusted only while the file keeps the size, mtime_ns, ctime_ns and inode it had
+    when they were built, and (issue 8: a cache must not vouch indefinitely) for at most
+    `full_verify_interval_ms` of wall time since that full verify (default 7 days, like Ceph's
+    deep scrub; 0 = no bound); `full_verify_every = n > 0` also makes every n-th check of a blob
+    (per process) a full verify.
 
-  Trade-off, on purpose: a corruption that leaves size, mtime, ctime and inode unchanged (bit
-  rot, a raw write to the device; an ordinary write changes ctime even if mtime is reset) is
-  caught only when a check samples a damaged chunk, or at the next periodic full verify. With
-  64 KiB chunks and 64 KiB samples a check covers one or two of the 256 chunks of a 16 MiB blob,
-  so one damaged chunk is found with probability about 2/256 per check of that blob: use
-  `full_verify_every` to bound the delay. Once a damaged chunk is seen, the blob's digests are
-  dropped, so each later check of it is a full verify (and fails, as upstream would).
-  The cache is stricter than size + mtime: ctime and inode changes also invalidate it.
+  Trade-off, on purpose: a corruption that leaves size, mtime, ctime and inode unchanged (bit rot)
+  is caught when a check reads a damaged chunk (for a compressed blob: any chunk of the prefix up
+  to the window), or at the next periodic full verify.
 
-The chunk cache lives in memory and, if `cache_dir` is set, in one small binary file per blob under
-`cache_dir` (never inside the audited store: `make_reader` refuses that). Files are written
-atomically and end with a BLAKE3 of their content; a file that is corrupt or describes another
-file state is ignored and rebuilt from a verified read, never trusted.
+The chunk cache lives in memory and, if `cache_dir` is set, in one binary file per blob under
+`cache_dir/chunks-<size>/` (never inside the audited store: `make_reader` refuses that), with a FIXED
+layout so a check reads only what it needs: a header (file key, layout, decoded length, time of the
+full verify, the content hash) sealed by a BLAKE3 of it, then 32 bytes per on-disk chunk. A new run
+reads the header and the digests of the window's chunks (`pread`), not the whole file. Files are
+written through `safefile.write_atomic` and opened through `safefile.open_read` (no link, FIFO or
+device followed; sizes checked); a file that is corrupt, of another blob, or of another file state is
+ignored and rebuilt from a verified read, never trusted.
 
 Between issue and answer of one check the chunked reader reuses the bytes it just verified if a
 `stat` shows the file unchanged: both happen in the same process microseconds apart, and the
@@ -44,12 +55,15 @@ import contextlib
 import logging
 import os
 import struct
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import blake3
 
+from . import codec, safefile
 from .challenge import SampleReader, check_window, extract_sample_slice, sample_window
 from .errors import BlobHashMismatch, Io, UsageError
 from .models import VerifyOptions
@@ -59,40 +73,64 @@ __all__ = ["ChunkedReader", "FullReader", "SampleReader", "make_reader"]
 
 _LOG = logging.getLogger(__name__)
 VERIFY_MODES = ("chunked", "full")
+RAW, COMPRESSED = 0, 1  # the layout of a blob file (`ChunkEntry.layout`)
 _DIGEST = 32
-_MAGIC = b"DFSCHK01"
-_HEADER = struct.Struct("<8sQQqQqH")  # magic, chunk size, blob size, mtime_ns, ino, ctime_ns, hash len
+_MAGIC = b"DFSCHK02"
+# magic, layout, chunk size, file size, mtime_ns, ino, ctime_ns, decoded length, verified at (ns), hash len
+_HEADER = struct.Struct("<8sBxxxIQqQqQqH")
 _STREAM_BYTES = 1 << 20
 # Bound on chunk digests kept in memory (LRU): 64 MiB of digests describe 128 GiB of 64 KiB chunks.
 _MEMORY_DIGEST_BUDGET = 64 << 20
+# A full verify stamped further in the future than this (a clock stepped back, a forged file) is due.
+_FUTURE_SLACK_NS = 60_000_000_000
+DEFAULT_FULL_VERIFY_INTERVAL_MS = 7 * 24 * 3600 * 1000
 
 FileKey = tuple[int, int, int, int]  # size, mtime_ns, ino, ctime_ns
 
 
-def make_reader(store: LocalCasStore, verify: VerifyOptions) -> SampleReader:
-    """The reader for `verify.mode`; `UsageError` (naming the setting) for invalid options."""
+def make_reader(
+    store: LocalCasStore, verify: VerifyOptions, clock_ns: Callable[[], int] = time.time_ns
+) -> SampleReader:
+    """The reader for `verify.mode`; `UsageError` (naming the setting) for invalid options.
+
+    `clock_ns` is the wall clock that ages cached digests (tests pass their own)."""
     _validate_options(store, verify)
     if verify.mode == "full":
         return FullReader(store)
     cache_dir = Path(verify.cache_dir) if verify.cache_dir is not None else None
-    return ChunkedReader(store, verify.chunk_size_bytes, cache_dir, verify.full_verify_every)
+    return ChunkedReader(
+        store,
+        verify.chunk_size_bytes,
+        cache_dir,
+        verify.full_verify_every,
+        full_verify_interval_ms=verify.full_verify_interval_ms,
+        clock_ns=clock_ns,
+    )
 
 
 def _validate_options(store: LocalCasStore, verify: VerifyOptions) -> None:
     if verify.mode not in VERIFY_MODES:
         raise UsageError(f"probe.verify_mode must be one of {', '.join(VERIFY_MODES)}, got {verify.mode!r}")
-    if isinstance(verify.chunk_size_bytes, bool) or verify.chunk_size_bytes < 1:
+    if isinstance(verify.chunk_size_bytes, bool) or not 1 <= verify.chunk_size_bytes <= 0xFFFFFFFF:
         raise UsageError(f"probe.chunk_size_bytes must be >= 1, got {verify.chunk_size_bytes!r}")
     if isinstance(verify.full_verify_every, bool) or verify.full_verify_every < 0:
         raise UsageError(f"probe.full_verify_every must be >= 0, got {verify.full_verify_every!r}")
+    interval = verify.full_verify_interval_ms
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        raise UsageError(f"probe.full_verify_interval_ms must be >= 0, got {interval!r}")
     if verify.mode == "chunked" and verify.cache_dir is not None:
-        cache = Path(verify.cache_dir).resolve()
-        root = store.root.resolve()
-        if cache == root or cache.is_relative_to(root):
-            raise UsageError(
-                f"probe.chunk_cache_dir {verify.cache_dir} is inside the audited store {store.root}: "
-                "the store is read-only to the auditor"
-            )
+        refuse_cache_inside_store(Path(verify.cache_dir), store.root)
+
+
+def refuse_cache_inside_store(cache_dir: Path, store_root: Path) -> None:
+    """`UsageError` when `cache_dir` is the store or inside it (after resolving links): the
+    audited store is read-only to the auditor."""
+    cache, root = cache_dir.resolve(), store_root.resolve()
+    if cache == root or cache.is_relative_to(root):
+        raise UsageError(
+            f"probe.chunk_cache_dir {cache_dir} is inside the audited store {store_root}: "
+            "the store is read-only to the auditor"
+        )
 
 
 # ---------------------------------------------------------------------- shared file access
@@ -107,11 +145,6 @@ class _BlobAccess:
 
     def __init__(self, store: LocalCasStore) -> None:
         self.store = store
-
-    def blob_len(self, content_hash: str) -> int:
-        """Size of the blob file: `BlobNotFound` if absent, `Io` if it is not a regular file."""
-        path = self.store.blob_file(content_hash)
-        return self._stat(content_hash, path).st_size
 
     def _stat(self, content_hash: str, path: str) -> os.stat_result:
         try:
@@ -155,6 +188,13 @@ def _read_all(fd: int, path: str, expected: int) -> bytes:
         raise Io(f"read blob {path} failed: {exc.strerror or exc}") from exc
 
 
+def _pread(fd: int, path: str, length: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, length, offset)
+    except OSError as exc:
+        raise Io(f"read blob {path} failed: {exc.strerror or exc}") from exc
+
+
 # ---------------------------------------------------------------------- upstream mode
 
 
@@ -163,6 +203,10 @@ class FullReader(_BlobAccess):
 
     (`LocalCasStore.get` refuses a non-regular file with `Io` instead of blocking on it.)
     """
+
+    def blob_len(self, content_hash: str) -> int:
+        """The decoded length of the verified blob (SPEC 2.1: `blob_len` is the decoded length)."""
+        return len(self.store.get_verified(content_hash))
 
     def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
         blob = self.store.get_verified(content_hash)
@@ -178,12 +222,24 @@ class FullReader(_BlobAccess):
 
 @dataclass(frozen=True)
 class ChunkEntry:
-    """Per-chunk BLAKE3 digests of a verified blob, valid while the file keeps `key`."""
+    """What one full verify of a blob file established, valid while the file keeps `key`.
+
+    `digests`: the BLAKE3 of each on-disk chunk, 32 bytes each, concatenated; None when they stay
+    in the cache file `cache_path` and are read (`pread`) only as a check needs them."""
 
     content_hash: str
     chunk_size: int
     key: FileKey
-    digests: bytes  # 32 bytes per chunk, concatenated
+    digests: bytes | None
+    layout: int = RAW
+    decoded_len: int = 0
+    verified_at_ns: int = 0
+    cache_path: Path | None = None
+    cache_identity: tuple[int, int, int] | None = None  # ino, size, mtime_ns of the cache file read
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.key[0] // self.chunk_size)
 
 
 @dataclass
@@ -193,10 +249,18 @@ class ReaderStats:
     small_reads: int = 0
     chunk_reads: int = 0
     full_verifies: int = 0
+    confirmations: int = 0
+    interval_verifies: int = 0
     cache_file_hits: int = 0
     cache_file_rejected: int = 0
     cache_write_errors: int = 0
+    cache_bytes_read: int = 0
+    decoded_bytes: int = 0
     memo_hits: int = 0
+
+
+class _Unverified(Exception):
+    """The window's bytes could not be vouched for by the cache: confirm with a full verify."""
 
 
 class ChunkedReader(_BlobAccess):
@@ -208,11 +272,16 @@ class ChunkedReader(_BlobAccess):
         chunk_size: int,
         cache_dir: Path | None = None,
         full_verify_every: int = 0,
+        *,
+        full_verify_interval_ms: int = DEFAULT_FULL_VERIFY_INTERVAL_MS,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         super().__init__(store)
         self.chunk_size = chunk_size
         self.cache_dir = cache_dir / f"chunks-{chunk_size}" if cache_dir is not None else None
         self.full_verify_every = full_verify_every
+        self.full_verify_interval_ns = full_verify_interval_ms * 1_000_000
+        self.clock_ns = clock_ns
         self.stats = ReaderStats()
         self._entries: OrderedDict[str, ChunkEntry] = OrderedDict()
         self._digest_bytes = 0
@@ -220,6 +289,17 @@ class ChunkedReader(_BlobAccess):
         self._memo: tuple[str, FileKey, int, int, bytes] | None = None
 
     # -- SampleReader
+
+    def blob_len(self, content_hash: str) -> int:
+        """The decoded length, once verified: `BlobNotFound`, `Io`, `BlobHashMismatch` as a read."""
+        path = self.store.blob_file(content_hash)
+        fd, st = self._open(content_hash, path)
+        try:
+            if st.st_size <= self.chunk_size:
+                return len(self._read_small(fd, path, content_hash, st.st_size))
+            return self._entry(fd, path, content_hash, st).decoded_len
+        finally:
+            os.close(fd)
 
     def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
         """Verified bytes of the deterministic window; counts one check of the blob."""
@@ -231,18 +311,14 @@ class ChunkedReader(_BlobAccess):
                 offset, size = sample_window(content_hash, vrf_seed, len(blob), max_sample_bytes)
                 data = blob[offset : offset + size]
             else:
-                entry = self._entry_for_check(fd, path, content_hash, st)
-                offset, size = sample_window(content_hash, vrf_seed, st.st_size, max_sample_bytes)
-                data = self._read_verified(fd, path, entry, offset, size)
+
+                def window(blob_len: int) -> tuple[int, int]:
+                    return sample_window(content_hash, vrf_seed, blob_len, max_sample_bytes)
+
+                offset, size, data = self._checked_window(fd, path, content_hash, st, window, count=True)
         finally:
             os.close(fd)
-        self._memo = (
-            content_hash,
-            (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
-            offset,
-            size,
-            data,
-        )
+        self._memo = (content_hash, _file_key(st), offset, size, data)
         return offset, size, data
 
     def read_window(self, content_hash: str, offset: int, size: int) -> bytes:
@@ -258,96 +334,285 @@ class ChunkedReader(_BlobAccess):
                 return extract_sample_slice(
                     self._read_small(fd, path, content_hash, st.st_size), offset, size
                 )
-            entry = self._entry(fd, path, content_hash, st)
-            check_window(offset, size, st.st_size)
-            return self._read_verified(fd, path, entry, offset, size)
+
+            def window(blob_len: int) -> tuple[int, int]:
+                check_window(offset, size, blob_len)
+                return offset, size
+
+            return self._checked_window(fd, path, content_hash, st, window, count=False)[2]
         finally:
             os.close(fd)
 
-    # -- small blobs: exactly upstream's check
+    # -- small files: exactly upstream's check
 
     def _read_small(self, fd: int, path: str, content_hash: str, size: int) -> bytes:
         self.stats.small_reads += 1
-        blob = _read_all(fd, path, size)
+        blob = codec.decode(_read_all(fd, path, size), content_hash)
         actual = self.store.hash_hex(blob)
         if actual != content_hash:
             raise BlobHashMismatch(content_hash, actual)
         return blob
 
-    # -- large blobs: the chunk cache
+    # -- large files: the chunk cache
 
-    def _entry_for_check(self, fd: int, path: str, content_hash: str, st: os.stat_result) -> ChunkEntry:
-        """The valid entry, after counting the check and doing the periodic full verify."""
-        count = self._checks.get(content_hash, 0) + 1
-        self._checks[content_hash] = count
-        if self.full_verify_every and count % self.full_verify_every == 0:
-            return self._build(fd, path, content_hash, st)
-        return self._entry(fd, path, content_hash, st)
+    def _checked_window(
+        self,
+        fd: int,
+        path: str,
+        content_hash: str,
+        st: os.stat_result,
+        window: Callable[[int], tuple[int, int]],
+        *,
+        count: bool,
+    ) -> tuple[int, int, bytes]:
+        """(offset, size, verified bytes) of `window(decoded length)`.
+
+        A full verify (the first check, a due one, or a confirmation) captures the window while it
+        decodes, so a compressed blob is never decoded twice in one check."""
+        entry = self._entry_for_check(fd, path, content_hash, st, count)
+        if entry is None:
+            return self._build_capturing(fd, path, content_hash, st, window)
+        offset, size = window(entry.decoded_len)
+        try:
+            return offset, size, self._read_verified(fd, path, entry, offset, size)
+        except _Unverified:
+            self.stats.confirmations += 1
+            return self._build_capturing(fd, path, content_hash, st, window)
+
+    def _build_capturing(
+        self,
+        fd: int,
+        path: str,
+        content_hash: str,
+        st: os.stat_result,
+        window: Callable[[int], tuple[int, int]],
+    ) -> tuple[int, int, bytes]:
+        entry, captured = self._build(fd, path, content_hash, st, window)
+        if captured is not None:
+            return captured
+        offset, size = window(entry.decoded_len)
+        try:
+            return offset, size, self._read_verified(fd, path, entry, offset, size)
+        except _Unverified:  # it verified a moment ago: the file is changing under us
+            self._known_bad(content_hash)
+            raise BlobHashMismatch(content_hash, "the file changed while it was being verified") from None
+
+    def _entry_for_check(
+        self, fd: int, path: str, content_hash: str, st: os.stat_result, count: bool
+    ) -> ChunkEntry | None:
+        """The valid entry, or None when a full verify is due (periodic by count, or first)."""
+        if count:
+            number = self._checks.get(content_hash, 0) + 1
+            self._checks[content_hash] = number
+            if self.full_verify_every and number % self.full_verify_every == 0:
+                return None
+        return self._valid_entry(content_hash, _file_key(st))
 
     def _entry(self, fd: int, path: str, content_hash: str, st: os.stat_result) -> ChunkEntry:
-        key = _file_key(st)
+        entry = self._valid_entry(content_hash, _file_key(st))
+        return entry if entry is not None else self._build(fd, path, content_hash, st, None)[0]
+
+    def _valid_entry(self, content_hash: str, key: FileKey) -> ChunkEntry | None:
+        """A cached entry (memory, else the cache file's header) for this file state and not due."""
         entry = self._entries.get(content_hash)
         if entry is not None and entry.key == key:
-            self._entries.move_to_end(content_hash)
-            return entry
+            if not self._due(entry):
+                self._entries.move_to_end(content_hash)
+                return entry
+            self.stats.interval_verifies += 1
+            return None
         entry = self._load_cache_file(content_hash, key)
-        if entry is not None:
-            self.stats.cache_file_hits += 1
-            self._remember(entry)
-            return entry
-        return self._build(fd, path, content_hash, st)
+        if entry is None:
+            return None
+        if self._due(entry):
+            self.stats.interval_verifies += 1
+            return None
+        self.stats.cache_file_hits += 1
+        self._remember(entry)
+        return entry
 
-    def _build(self, fd: int, path: str, content_hash: str, st: os.stat_result) -> ChunkEntry:
-        """Full verified read; records chunk digests only if the whole hash matches."""
+    def _due(self, entry: ChunkEntry) -> bool:
+        """Whether the bounded-trust interval since the entry's full verify has run out."""
+        if not self.full_verify_interval_ns:
+            return False
+        now = self.clock_ns()
+        age = now - entry.verified_at_ns
+        return age > self.full_verify_interval_ns or age < -_FUTURE_SLACK_NS
+
+    def _build(
+        self,
+        fd: int,
+        path: str,
+        content_hash: str,
+        st: os.stat_result,
+        window: Callable[[int], tuple[int, int]] | None,
+    ) -> tuple[ChunkEntry, tuple[int, int, bytes] | None]:
+        """Full verify by upstream's rule in one pass over the file; records the on-disk chunk
+        digests only if the whole hash matches. Returns the entry and, for a compressed blob, the
+        `window` captured from the decode."""
         self.stats.full_verifies += 1
         self._forget(content_hash)
-        whole = self.store.new_hasher()
-        digests = bytearray()
-        offset = 0
-        step = max(self.chunk_size, _STREAM_BYTES // self.chunk_size * self.chunk_size)
-        try:
-            while block := os.pread(fd, step, offset):
-                view = memoryview(block)
-                whole.update(view)
-                for start in range(0, len(view), self.chunk_size):
-                    digests += blake3.blake3(view[start : start + self.chunk_size]).digest()
-                offset += len(block)
-                if len(block) % self.chunk_size:
-                    break  # a short block is the end of the file (or a torn read: hash decides)
-        except OSError as exc:
-            raise Io(f"read blob {path} failed: {exc.strerror or exc}") from exc
-        actual = whole.hexdigest()
+        scan = _FileScan(fd, path, self.chunk_size, self.store.new_hasher())
+        head = scan.read_exact(codec.HEADER_LEN)
+        raw_len = codec.header_raw_len(head, content_hash, st.st_size)
+        decoded, captured = None, None
+        if raw_len is not None:
+            decoded, captured = self._decode_whole(scan, raw_len, window)
+        scan.drain()
+        if scan.position != st.st_size:
+            changed = f"size changed while reading: {st.st_size} -> {scan.position}"
+            raise BlobHashMismatch(content_hash, changed)
+        if decoded is not None:
+            actual, layout, decoded_len = decoded.hexdigest(), COMPRESSED, raw_len or 0
+        else:
+            actual, layout, decoded_len, captured = scan.hasher.hexdigest(), RAW, scan.position, None
         if actual != content_hash:
             self._delete_cache_file(content_hash)
             raise BlobHashMismatch(content_hash, actual)
-        if offset != st.st_size:
-            raise BlobHashMismatch(content_hash, f"size changed while reading: {st.st_size} -> {offset}")
-        entry = ChunkEntry(content_hash, self.chunk_size, _file_key(st), bytes(digests))
+        entry = ChunkEntry(
+            content_hash,
+            self.chunk_size,
+            _file_key(st),
+            bytes(scan.digests),
+            layout,
+            decoded_len,
+            self.clock_ns(),
+        )
         self._remember(entry)
         self._write_cache_file(entry)
-        return entry
+        return entry, captured
+
+    def _decode_whole(
+        self, scan: _FileScan, raw_len: int, window: Callable[[int], tuple[int, int]] | None
+    ) -> tuple[object | None, tuple[int, int, bytes] | None]:
+        """Decode and hash the whole payload (upstream's `decode_all`), capturing `window` on the way.
+
+        (None, None) when upstream would fall back to the raw bytes."""
+        hasher = self.store.new_hasher()
+        bounds: tuple[int, int] | None = None
+        if window is not None:
+            with contextlib.suppress(Exception):  # a window error shows again on the decided layout
+                bounds = window(raw_len)
+        parts: list[bytes] = []
+        position = 0
+        try:
+            for piece in codec.decode_stream(scan.read, raw_len):
+                hasher.update(piece)
+                if bounds is not None:
+                    start, end = bounds[0], bounds[0] + bounds[1]
+                    if position < end and position + len(piece) > start:
+                        parts.append(piece[max(start - position, 0) : end - position])
+                position += len(piece)
+        except codec.DecodeError:
+            return None, None
+        self.stats.decoded_bytes += position
+        if bounds is None:
+            return hasher, None
+        return hasher, (bounds[0], bounds[1], b"".join(parts))
 
     def _read_verified(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> bytes:
-        """Read the chunks covering the window in one `pread`, check each digest, return the window."""
+        """The window's bytes, vouched for by the entry's digests; `_Unverified` otherwise."""
         self.stats.chunk_reads += 1
         if size == 0:
             return b""
+        if entry.layout == COMPRESSED:
+            return self._read_compressed(fd, path, entry, offset, size)
         cs = self.chunk_size
         first = offset // cs
+        last = (offset + size - 1) // cs
         start = first * cs
-        length = min(((offset + size - 1) // cs + 1) * cs, entry.key[0]) - start
-        try:
-            block = os.pread(fd, length, start)
-        except OSError as exc:
-            raise Io(f"read blob {path} failed: {exc.strerror or exc}") from exc
-        view, digests = memoryview(block), entry.digests
-        for pos in range(0, length, cs):
-            at = (first + pos // cs) * _DIGEST
-            piece = view[pos : pos + cs]
-            if len(block) != length or blake3.blake3(piece).digest() != digests[at : at + _DIGEST]:
-                self._known_bad(entry.content_hash)
-                raise BlobHashMismatch(entry.content_hash, _chunk_actual(first + pos // cs, cs, piece))
+        length = min((last + 1) * cs, entry.key[0]) - start
+        block = _pread(fd, path, length, start)
+        if len(block) != length:
+            raise _Unverified
+        digests = self._digests(entry, first, last - first + 1)
+        view = memoryview(block)
+        for index in range(last - first + 1):
+            at = index * _DIGEST
+            if blake3.blake3(view[index * cs : (index + 1) * cs]).digest() != digests[at : at + _DIGEST]:
+                raise _Unverified
         return block[offset - start : offset - start + size]
+
+    def _read_compressed(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> bytes:
+        """Decode the payload from its start up to the window's end, feeding the decoder only
+        on-disk chunks whose digests match (then its output is what the full verify hashed)."""
+        cs, file_size = self.chunk_size, entry.key[0]
+        # The digests of the on-disk prefix the window is likely to need, read in one go
+        # (proportionally to its end, plus a margin); more are read if the decoder asks for them.
+        guess = min(entry.chunk_count, ((offset + size) * file_size // max(entry.decoded_len, 1)) // cs + 3)
+        known = bytearray(self._digests(entry, 0, guess))
+        state = {"chunk": 0, "skip": codec.HEADER_LEN}
+
+        def read(n: int) -> bytes:
+            piece = b""
+            while not piece and state["chunk"] < entry.chunk_count and n > 0:
+                piece = read_chunks(n)  # empty only while the header is being skipped
+            return piece
+
+        def read_chunks(n: int) -> bytes:
+            chunk = state["chunk"]
+            count = min(max(1, -(-(n + state["skip"]) // cs)), entry.chunk_count - chunk)
+            have = len(known) // _DIGEST
+            if chunk + count > have:
+                known.extend(self._digests(entry, have, chunk + count - have))
+            start = chunk * cs
+            length = min((chunk + count) * cs, file_size) - start
+            block = _pread(fd, path, length, start)
+            if len(block) != length:
+                raise _Unverified
+            view = memoryview(block)
+            for index in range(count):
+                at = (chunk + index) * _DIGEST
+                if blake3.blake3(view[index * cs : (index + 1) * cs]).digest() != known[at : at + _DIGEST]:
+                    raise _Unverified
+            state["chunk"] = chunk + count
+            skip, state["skip"] = state["skip"], max(0, state["skip"] - length)
+            return block[skip:] if skip else block
+
+        reader = codec.stream_prefix(read)
+        try:
+            left = offset
+            while left:
+                piece = reader.read(min(left, _STREAM_BYTES))
+                if not piece:
+                    raise _Unverified
+                left -= len(piece)
+            parts, left = [], size
+            while left:
+                piece = reader.read(left)
+                if not piece:
+                    raise _Unverified
+                parts.append(piece)
+                left -= len(piece)
+        except codec.zstandard.ZstdError:
+            raise _Unverified from None
+        self.stats.decoded_bytes += offset + size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _digests(self, entry: ChunkEntry, first: int, count: int) -> bytes:
+        """`count` digests from chunk `first`: from memory, or one `pread` of the cache file."""
+        count = max(0, min(count, entry.chunk_count - first))
+        if entry.digests is not None:
+            return entry.digests[first * _DIGEST : (first + count) * _DIGEST]
+        if entry.cache_path is None or not count:
+            return b""
+        try:
+            fd, st = safefile.open_read(entry.cache_path)
+        except (OSError, safefile.UnsafeFileError):
+            raise _Unverified from None
+        try:
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != entry.cache_identity:
+                raise _Unverified  # replaced since its header was read
+            start = _data_start(entry.content_hash) + first * _DIGEST
+            data = os.pread(fd, count * _DIGEST, start)
+        except OSError:
+            raise _Unverified from None
+        finally:
+            os.close(fd)
+        self.stats.cache_bytes_read += len(data)
+        if len(data) != count * _DIGEST:
+            raise _Unverified
+        return data
 
     def _known_bad(self, content_hash: str) -> None:
         """Drop every cached digest of a blob seen damaged, so its next check is a full verify."""
@@ -359,36 +624,34 @@ class ChunkedReader(_BlobAccess):
     def _remember(self, entry: ChunkEntry) -> None:
         self._forget(entry.content_hash)
         self._entries[entry.content_hash] = entry
-        self._digest_bytes += len(entry.digests)
+        self._digest_bytes += len(entry.digests or b"")
         while self._digest_bytes > _MEMORY_DIGEST_BUDGET and len(self._entries) > 1:
             _, evicted = self._entries.popitem(last=False)
-            self._digest_bytes -= len(evicted.digests)
+            self._digest_bytes -= len(evicted.digests or b"")
 
     def _forget(self, content_hash: str) -> None:
         old = self._entries.pop(content_hash, None)
         if old is not None:
-            self._digest_bytes -= len(old.digests)
+            self._digest_bytes -= len(old.digests or b"")
         if self._memo is not None and self._memo[0] == content_hash:
             self._memo = None
 
     # -- cache files
 
     def _cache_path(self, content_hash: str) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        name = blake3_hex(content_hash.encode("utf-8", "surrogatepass"))
-        return self.cache_dir / name[:2] / f"{name}.chk"
+        return cache_file_path(self.cache_dir, content_hash) if self.cache_dir is not None else None
 
     def _load_cache_file(self, content_hash: str, key: FileKey) -> ChunkEntry | None:
         path = self._cache_path(content_hash)
         if path is None:
             return None
-        try:
-            raw = path.read_bytes()
-        except OSError:
+        entry = read_cache_header(path, content_hash)
+        if entry is None:
+            if path.exists():
+                self.stats.cache_file_rejected += 1
             return None
-        entry = decode_cache_file(raw)
-        if entry is None or entry.content_hash != content_hash or entry.chunk_size != self.chunk_size:
+        self.stats.cache_bytes_read += _data_start(content_hash)
+        if entry.chunk_size != self.chunk_size:
             self.stats.cache_file_rejected += 1
             return None
         return entry if entry.key == key else None
@@ -397,17 +660,13 @@ class ChunkedReader(_BlobAccess):
         path = self._cache_path(entry.content_hash)
         if path is None:
             return
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(encode_cache_file(entry))
-            os.replace(tmp, path)
-        except OSError as exc:
+            safefile.write_atomic(path, encode_cache_file(entry), durable=False)
+        except (OSError, safefile.UnsafeFileError) as exc:
             # The cache only saves I/O; the verified entry is still used from memory.
             self.stats.cache_write_errors += 1
             _LOG.warning("chunk cache write %s failed: %s", path, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def _delete_cache_file(self, content_hash: str) -> None:
         path = self._cache_path(content_hash)
@@ -416,38 +675,165 @@ class ChunkedReader(_BlobAccess):
                 path.unlink()
 
 
-def _chunk_actual(index: int, chunk_size: int, piece: memoryview) -> str:
-    """What `BlobHashMismatch.actual` says for a chunk: which bytes, and their BLAKE3."""
-    start = index * chunk_size
-    return f"chunk {index} [{start}..{start + len(piece)}) blake3={blake3_hex(piece)}"
+class _FileScan:
+    """One front-to-back read of a blob file that hashes every byte as it passes: the store's hash
+    of the raw bytes (upstream's fallback) and the BLAKE3 of every on-disk chunk."""
+
+    def __init__(self, fd: int, path: str, chunk_size: int, hasher: object) -> None:
+        self.fd, self.path, self.chunk_size = fd, path, chunk_size
+        self.hasher = hasher
+        self.digests = bytearray()
+        self.position = 0  # bytes read from the file so far
+        self._step = max(chunk_size, _STREAM_BYTES // chunk_size * chunk_size)
+        self._buffer = memoryview(b"")
+        self._eof = False
+
+    def _fill(self) -> None:
+        block = _pread(self.fd, self.path, self._step, self.position)
+        view = memoryview(block)
+        self.hasher.update(view)  # type: ignore[attr-defined]
+        for start in range(0, len(view), self.chunk_size):
+            self.digests += blake3.blake3(view[start : start + self.chunk_size]).digest()
+        self.position += len(block)
+        # A short block is the end of the file (or a torn read: the hash decides).
+        self._eof = len(block) < self._step
+        self._buffer = view
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` next bytes (b"" at the end of the file)."""
+        if not self._buffer and not self._eof:
+            self._fill()
+        piece, self._buffer = self._buffer[:n], self._buffer[n:]
+        return bytes(piece)
+
+    def read_exact(self, n: int) -> bytes:
+        parts, left = [], n
+        while left and (piece := self.read(left)):
+            parts.append(piece)
+            left -= len(piece)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        """Read (and hash) the rest of the file."""
+        self._buffer = memoryview(b"")
+        while not self._eof:
+            self._fill()
+            self._buffer = memoryview(b"")
+
+
+# ---------------------------------------------------------------------- cache file format
+
+
+def cache_file_path(chunks_dir: Path, content_hash: str) -> Path:
+    """`<chunks_dir>/<2 hex>/<BLAKE3 of the hash>.chk` (any hash string maps to a safe name)."""
+    name = blake3_hex(content_hash.encode("utf-8", "surrogatepass"))
+    return chunks_dir / name[:2] / f"{name}.chk"
+
+
+def _name_bytes(content_hash: str) -> bytes:
+    return content_hash.encode("utf-8", "surrogatepass")
+
+
+def _data_start(content_hash: str) -> int:
+    """Where the digests begin: the header, the hash, the header's seal."""
+    return _HEADER.size + len(_name_bytes(content_hash)) + _DIGEST
+
+
+def _pack_header(entry: ChunkEntry) -> bytes:
+    name = _name_bytes(entry.content_hash)
+    size, mtime_ns, ino, ctime_ns = entry.key
+    fields = _HEADER.pack(
+        _MAGIC, entry.layout, entry.chunk_size, size, mtime_ns, ino, ctime_ns,
+        entry.decoded_len, entry.verified_at_ns, len(name),
+    )  # fmt: skip
+    return fields + name + blake3.blake3(fields + name).digest()
 
 
 def encode_cache_file(entry: ChunkEntry) -> bytes:
-    """Header, content hash, digests, then a BLAKE3 of all of it (corruption is detected)."""
-    name = entry.content_hash.encode("utf-8", "surrogatepass")
-    size, mtime_ns, ino, ctime_ns = entry.key
-    body = (
-        _HEADER.pack(_MAGIC, entry.chunk_size, size, mtime_ns, ino, ctime_ns, len(name))
-        + name
-        + entry.digests
+    """The header (sealed by its own BLAKE3), then the digests at a fixed place."""
+    if entry.digests is None:
+        raise ValueError("only an entry holding its digests can be written")
+    return _pack_header(entry) + entry.digests
+
+
+def _parse_header(raw: bytes, content_hash: str) -> ChunkEntry | None:
+    """The entry a header describes (digests left in the file), or None if it is corrupt or another's."""
+    name = _name_bytes(content_hash)
+    if len(raw) != _HEADER.size + len(name) + _DIGEST:
+        return None
+    body, seal = raw[:-_DIGEST], raw[-_DIGEST:]
+    if blake3.blake3(body).digest() != seal:
+        return None
+    magic, layout, chunk_size, size, mtime_ns, ino, ctime_ns, decoded_len, verified_at, name_len = (
+        _HEADER.unpack_from(body)
     )
-    return body + blake3.blake3(body).digest()
+    if magic != _MAGIC or layout not in (RAW, COMPRESSED) or not chunk_size or name_len != len(name):
+        return None
+    if body[_HEADER.size :] != name:
+        return None
+    if layout == RAW and decoded_len != size:
+        return None
+    key = (size, mtime_ns, ino, ctime_ns)
+    return ChunkEntry(content_hash, chunk_size, key, None, layout, decoded_len, verified_at)
 
 
-def decode_cache_file(raw: bytes) -> ChunkEntry | None:
-    """The entry in a cache file, or None if the file is corrupt in any way."""
-    if len(raw) < _HEADER.size + _DIGEST:
-        return None
-    body, trailer = raw[:-_DIGEST], raw[-_DIGEST:]
-    if blake3.blake3(body).digest() != trailer:
-        return None
-    magic, chunk_size, size, mtime_ns, ino, ctime_ns, name_len = _HEADER.unpack_from(body)
-    digests = body[_HEADER.size + name_len :]
-    chunks = -(-size // chunk_size) if chunk_size else -1
-    if magic != _MAGIC or len(digests) != chunks * _DIGEST:
+def read_cache_header(path: Path, content_hash: str) -> ChunkEntry | None:
+    """The file-backed entry in the cache file at `path`, or None when absent, unsafe, corrupt or of
+    another blob. Reads only the header; checks the file is exactly as long as its digests need."""
+    try:
+        fd, st = safefile.open_read(path)
+    except (OSError, safefile.UnsafeFileError):
         return None
     try:
-        name = body[_HEADER.size : _HEADER.size + name_len].decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
+        raw = os.pread(fd, _data_start(content_hash), 0)
+    except OSError:
         return None
-    return ChunkEntry(name, chunk_size, (size, mtime_ns, ino, ctime_ns), digests)
+    finally:
+        os.close(fd)
+    entry = _parse_header(raw, content_hash)
+    if entry is None or st.st_size != len(raw) + entry.chunk_count * _DIGEST:
+        return None
+    return replace(entry, cache_path=path, cache_identity=(st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def decode_cache_file(raw: bytes, content_hash: str) -> ChunkEntry | None:
+    """The whole entry in a cache file's bytes (digests included), or None if corrupt in any way."""
+    start = _data_start(content_hash)
+    entry = _parse_header(raw[:start], content_hash)
+    if entry is None or len(raw) != start + entry.chunk_count * _DIGEST:
+        return None
+    return replace(entry, digests=raw[start:])
+
+
+def rekey_cache_files(cache_dir: Path, content_hash: str, st: os.stat_result) -> int:
+    """Re-stamp every cache file of `content_hash` under `cache_dir` (all chunk sizes) with the
+    blob file's current metadata, keeping its digests and verify time; returns how many.
+
+    For scenarios only: it makes a deliberate in-place corruption look like rot below the file
+    system, which no metadata shows (see `scenarios.FaultInjector._rekey_chunk_cache`)."""
+    count = 0
+    for chunks_dir in sorted(cache_dir.glob("chunks-*")):
+        path = cache_file_path(chunks_dir, content_hash)
+        try:
+            entry = decode_cache_file(safefile.read_capped(path, 1 << 30), content_hash)
+        except (OSError, safefile.UnsafeFileError):
+            continue
+        if entry is None:
+            continue
+        safefile.write_atomic(path, encode_cache_file(replace(entry, key=_file_key(st))), durable=False)
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------------- where the cache lives
+
+
+def default_cache_dir(store_root: Path | str) -> Path:
+    """The per-store cache directory that outlives runs (issue 11):
+    `$XDG_CACHE_HOME/distfs_pipeline/<16 hex of BLAKE3(resolved store root)>/`, falling back to
+    `~/.cache` when XDG_CACHE_HOME is unset or relative (as the XDG spec says). Keyed by the store's
+    resolved path, so two names of one store share a cache and two stores never do."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    key = blake3_hex(os.fsencode(Path(store_root).resolve()))[:16]
+    return base / "distfs_pipeline" / key

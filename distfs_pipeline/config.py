@@ -82,6 +82,7 @@ class ProbeConf:
     chunk_size_bytes: int = 16 * 1024
     chunk_cache_dir: str | None = None
     full_verify_every: int = 0
+    full_verify_interval_ms: int = 7 * 24 * 3600 * 1000
 
 
 @dataclass

@@ -2,16 +2,20 @@
 
 Why: a fresh checkout should show the audit doing real work (real files, real failures) with no
 set-up and no network. The store is built once, outside the tracked tree, under
-`$XDG_CACHE_HOME/distfs_pipeline/demo-store-v1` (default `~/.cache/...`), with our `put`, so it
-carries the must-hold index and lost blobs stay candidates.
+`$XDG_CACHE_HOME/distfs_pipeline/demo-store-v2` (default `~/.cache/...`), with our `put`, so it
+carries the must-hold index and lost blobs stay candidates, and holds both generations of upstream's
+blob files as today's nodes write them (SPEC 2.1): every other blob is compressible text, which `put`
+stores as `O7CBLOB1` (zstd) when it is at least 1 KiB; the rest is incompressible and stays raw. The
+damage is done to the bytes ON DISK (for a compressed blob: to its header or zstd payload).
 
 The mix (`DEMO_MIX`; also written to `demo-manifest.json` in the store root, hash by hash):
 
 | condition   | blobs | how it is damaged                                       | every check fails as |
 |-------------|-------|---------------------------------------------------------|----------------------|
 | healthy     | 40    | 1 B .. 200 000 B, several larger than one 64 KiB chunk  | (passes)             |
-| bit_rot     | 2     | one byte flipped in place (one small, one multi-chunk)  | HASH_MISMATCH        |
-| truncated   | 1     | cut to half its length                                  | HASH_MISMATCH        |
+| bit_rot     | 2     | one on-disk byte flipped in place (one raw and small,   | HASH_MISMATCH        |
+|             |       | one compressed and multi-chunk)                         |                      |
+| truncated   | 1     | a compressed file cut to half its on-disk length         | HASH_MISMATCH        |
 | deleted     | 1     | file removed, still in the index                        | MISSING_SAMPLE       |
 | unreadable  | 1     | file replaced by a directory of the same name           | READ_IO_ERROR        |
 
@@ -36,7 +40,7 @@ import blake3
 
 from .store import LocalCasStore
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEMO_DIRNAME = f"demo-store-v{DEMO_VERSION}"
 MARKER_FILE = ".distfs-demo-version"
 MANIFEST_FILE = "demo-manifest.json"
@@ -88,8 +92,23 @@ def ensure_demo_store(root: Path | None = None) -> Path:
     return root
 
 
-def _content(label: str, size: int) -> bytes:
-    return blake3.blake3(label.encode()).digest(length=size)
+_WORDS = tuple(
+    b"blob chunk store audit sample window proof node epoch round hash seed cursor backoff reward "
+    b"index".split()
+)
+
+
+def _content(label: str, size: int, compressible: bool = False) -> bytes:
+    """Deterministic bytes: a BLAKE3 XOF stream, or (compressible) words picked by one."""
+    stream = blake3.blake3(label.encode()).digest(length=size)
+    if not compressible:
+        return stream
+    text = b" ".join(_WORDS[b % len(_WORDS)] for b in stream)
+    return text[:size]
+
+
+# Damaged blobs stored compressed (the rest of the damaged ones are incompressible, so raw).
+_COMPRESSED_DAMAGE = {("bit_rot", 1), ("truncated", 0)}
 
 
 def build_demo_store(root: Path) -> dict[str, str]:
@@ -98,11 +117,13 @@ def build_demo_store(root: Path) -> dict[str, str]:
     manifest: dict[str, str] = {}
     for i in range(DEMO_MIX["healthy"][0]):
         size = _HEALTHY_SIZES[i % len(_HEALTHY_SIZES)] + i // len(_HEALTHY_SIZES)
-        manifest[store.put_bytes(_content(f"healthy-{i}", size))] = "healthy"
+        manifest[store.put_bytes(_content(f"healthy-{i}", size, compressible=i % 2 == 1))] = "healthy"
     for condition, sizes in _DAMAGED_SIZES.items():
         for i, size in enumerate(sizes):
-            content_hash = store.put_bytes(_content(f"{condition}-{i}", size))
-            _damage(store.blob_path(content_hash), condition, size)
+            compressible = (condition, i) in _COMPRESSED_DAMAGE
+            content_hash = store.put_bytes(_content(f"{condition}-{i}", size, compressible))
+            path = store.blob_path(content_hash)
+            _damage(path, condition, path.stat().st_size)
             manifest[content_hash] = condition
     (root / MANIFEST_FILE).write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     (root / MARKER_FILE).write_text(f"{DEMO_VERSION}\n")
@@ -110,6 +131,7 @@ def build_demo_store(root: Path) -> dict[str, str]:
 
 
 def _damage(path: Path, condition: str, size: int) -> None:
+    """Damage the file as stored (`size` is its on-disk length)."""
     if condition == "bit_rot":
         with open(path, "r+b") as handle:
             handle.seek(size // 2)

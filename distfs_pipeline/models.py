@@ -383,10 +383,12 @@ class VerifyOptions(_Record):
     `mode="full"` reads and hashes the whole blob at issue and at answer, as upstream does.
     `mode="chunked"` verifies only the chunks the sample window covers, against per-chunk BLAKE3
     hashes cached under `cache_dir` (never inside the audited store). `full_verify_every` > 0 makes
-    every n-th check of a blob a full verify (0 = never).
+    every n-th check of a blob a full verify (0 = never); cached digests older than
+    `full_verify_interval_ms` (wall time since their full verify; 0 = no bound) are not trusted.
     """
 
     mode: str = "chunked"
     chunk_size_bytes: int = 16 * 1024
     cache_dir: str | None = None
     full_verify_every: int = 0
+    full_verify_interval_ms: int = 7 * 24 * 3600 * 1000

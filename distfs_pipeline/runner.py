@@ -88,7 +88,9 @@ def resolve_settings(settings: Settings, run_dir: Path, hooks: RunHooks | None =
     state_path = state_path.absolute()
     cache_dir = probe.chunk_cache_dir
     if cache_dir is None:
-        cache_dir = str(state_path.with_name(state_path.name + ".chunks"))
+        from .chunks import default_cache_dir  # the per-store cache that outlives the run (issue 11)
+
+        cache_dir = str(default_cache_dir(store_root))
     runtime = rt.model_copy(
         update={"storage_root": str(store_root.absolute()), "state_path": str(state_path)}
     )
@@ -121,6 +123,9 @@ def _check_cache_dir(settings: Settings) -> None:
     if settings.probe.verify_mode != "chunked" or cache_dir is None:
         return
     path = Path(cache_dir)
+    from .chunks import refuse_cache_inside_store  # before the mkdir below: never write into the store
+
+    refuse_cache_inside_store(path, Path(settings.runtime.storage_root or "."))
     if path.exists() and not path.is_dir():
         raise UsageError(f"probe.chunk_cache_dir: {cache_dir} exists but is not a directory")
     try:

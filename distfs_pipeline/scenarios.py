@@ -37,7 +37,7 @@ from typing import Any
 
 import blake3
 
-from .chunks import ChunkEntry, decode_cache_file, encode_cache_file
+from .chunks import rekey_cache_files
 from .errors import UsageError, WorldError
 from .store import LocalCasStore
 
@@ -339,16 +339,7 @@ class FaultInjector:
         """
         if self.chunk_cache_dir is None or not self.chunk_cache_dir.is_dir():
             return
-        st = os.stat(path)
-        key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        for cache_file in self.chunk_cache_dir.rglob("*.chk"):
-            entry = decode_cache_file(cache_file.read_bytes())
-            if entry is None or entry.content_hash != content_hash:
-                continue
-            fresh = ChunkEntry(entry.content_hash, entry.chunk_size, key, entry.digests)
-            tmp = cache_file.with_name(cache_file.name + ".scenario-tmp")
-            tmp.write_bytes(encode_cache_file(fresh))
-            os.replace(tmp, cache_file)
+        rekey_cache_files(self.chunk_cache_dir, content_hash, os.stat(path))
 
 
 def rot_offset(content_hash: str, size: int) -> int:

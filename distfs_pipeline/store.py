@@ -38,6 +38,7 @@ from typing import Protocol
 
 import blake3
 
+from . import codec
 from .errors import BlobHashInvalid, BlobHashMismatch, BlobNotFound, DistributedValidationFailed, Io, Serde
 from .fileops import io_error, path_exists, remove_quietly, validate_hash, write_new_file
 from .index import MustHoldIndex
@@ -48,6 +49,8 @@ FILES_INDEX_FILE = "files_index.json"
 BLOB_EXTENSION = "blob"
 _BLOB_SUFFIX = f".{BLOB_EXTENSION}"
 HASH_ALGORITHMS = ("blake3", "sha256")
+# What `put` writes (SPEC 2.1): upstream's current compressed encoding, or the older raw layout.
+BLOB_FORMATS = ("o7cblob1", "raw")
 # A directory whose mtime is this close to the moment we listed it may still change within the
 # same timestamp tick (coarse kernel clocks tick every 1-10 ms), so its listing is not trusted
 # as a cache: the next call lists again ("racy" entries, as git does for its index).
@@ -108,12 +111,25 @@ class LocalCasStore:
         root: str | os.PathLike[str],
         hash_algorithm: str = "blake3",
         listing_cache_dir: str | os.PathLike[str] | None = None,
+        blob_format: str = "o7cblob1",
+        listing_max_age_ms: int | None = 7 * 24 * 3600 * 1000,
     ) -> None:
         """`listing_cache_dir`: where a plain store's listing persists between processes (None: it
         does not). A directory inside the store is not used (a warning is logged); a missing one is
-        created on the first write; a failed write is a logged warning and changes nothing else."""
+        created on the first write; a failed write is a logged warning and changes nothing else.
+
+        `blob_format`: what `put` writes, `o7cblob1` (today's nodes: compressed when that is shorter)
+        or `raw` (the layout older nodes read). Reads accept both whatever this says.
+
+        `listing_max_age_ms`: a persisted listing older than this is not trusted (listed again), so a
+        cached listing cannot vouch indefinitely for a directory whose stat key happens to repeat
+        (default 7 days, as `probe.full_verify_interval_ms`; None: no bound)."""
         if hash_algorithm not in HASH_ALGORITHMS:
             raise ValueError(f"hash_algorithm must be one of {HASH_ALGORITHMS}, got {hash_algorithm!r}")
+        if blob_format not in BLOB_FORMATS:
+            raise ValueError(f"blob_format must be one of {BLOB_FORMATS}, got {blob_format!r}")
+        self.blob_format = blob_format
+        self.listing_max_age_ns = None if listing_max_age_ms is None else listing_max_age_ms * 1_000_000
         self.root = Path(root)
         self.blobs_dir = self.root / BLOBS_DIR
         self.pins_path = self.root / PINS_FILE
@@ -154,8 +170,10 @@ class LocalCasStore:
 
         The hash is recomputed first (`BlobHashMismatch`); an existing file is never rewritten,
         even if it was tampered with; a new file appears atomically (temp + rename, no fsync, as
-        upstream). The index line is appended on every put, also when the file already existed,
-        so a put that crashed between the blob and the index is repaired by retrying it.
+        upstream), holding `codec.encode(data)` (`blob_format="o7cblob1"`: compressed when at
+        least 1 KiB and strictly shorter) or the raw bytes (`"raw"`). The index line (with the raw,
+        decoded size) is appended on every put, also when the file already existed, so a put that
+        crashed between the blob and the index is repaired by retrying it.
         """
         self._ensure_dirs()
         actual = self.hash_hex(data)
@@ -163,7 +181,8 @@ class LocalCasStore:
             raise BlobHashMismatch(content_hash, actual)
         path = self.blob_path(content_hash)
         if not path_exists(path):
-            self._write_blob_atomic(path, content_hash, data)
+            encoded = codec.encode(content_hash, data) if self.blob_format == "o7cblob1" else data
+            self._write_blob_atomic(path, content_hash, encoded)
         self.must_hold.record(content_hash, len(data), self._present_blob_sizes)
 
     def put_bytes(self, data: bytes) -> str:
@@ -177,12 +196,13 @@ class LocalCasStore:
         return path_exists(self.blob_path(content_hash))
 
     def get(self, content_hash: str) -> bytes:
-        """Raw bytes of a blob: `BlobHashInvalid`, `BlobNotFound` if absent, `Io` on read errors.
+        """The bytes of a blob: `BlobHashInvalid`, `BlobNotFound` if absent, `Io` on read errors.
 
-        For a regular file this is upstream's `get`. Anything else under a blob name is refused
-        with `Io` (a directory as upstream's EISDIR) without reading it: upstream would block on a
-        FIFO or read a device without end, and our index lists such names (the listing skips them),
-        so a probe must count them as READ_IO_ERROR, not hang.
+        For a regular file this is upstream's `get`: the file's bytes, decoded when they are a
+        valid `O7CBLOB1` encoding of this hash, else unchanged (`codec.decode`). Anything else
+        under a blob name is refused with `Io` (a directory as upstream's EISDIR) without reading
+        it: upstream would block on a FIFO or read a device without end, and our index lists such
+        names (the listing skips them), so a probe must count them as READ_IO_ERROR, not hang.
         """
         path = self.blob_file(content_hash)
         try:
@@ -192,11 +212,12 @@ class LocalCasStore:
         try:
             require_regular_file(os.fstat(fd), path)
             with open(fd, "rb", closefd=False) as handle:
-                return handle.read()
+                raw = handle.read()
         except OSError as exc:
             raise io_error("read blob", path, exc) from exc
         finally:
             os.close(fd)
+        return codec.decode(raw, content_hash)
 
     def get_verified(self, content_hash: str) -> bytes:
         """`get`, then re-hash with the store's algorithm (`BlobHashMismatch` if it differs)."""
@@ -414,6 +435,10 @@ class LocalCasStore:
                     return None
                 if listed_at <= mtime_ns + _PERSISTED_RACY_WINDOW_NS:
                     return None  # racy: a change in the same tick would not show in the mtime
+                now = time.time_ns()
+                too_old = self.listing_max_age_ns is not None and now - listed_at > self.listing_max_age_ns
+                if too_old or listed_at > now:
+                    return None  # bounded trust: relist at least once per interval (issue 8)
                 body = handle.read()
         except (OSError, ValueError):
             return None

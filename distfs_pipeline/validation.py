@@ -114,9 +114,16 @@ class ProbeSettings(_Settings):
     )
     chunk_size_bytes: int = _u32(16 * 1024, 1, "Chunk size of the per-chunk hash cache (u32 >= 1).")
     chunk_cache_dir: str | None = Field(
-        None, description="Chunk cache directory (null: beside the state file)."
+        None,
+        description="Chunk and listing cache directory, outside the store (null: a per-store directory "
+        "under $XDG_CACHE_HOME/distfs_pipeline, else ~/.cache/distfs_pipeline).",
     )
     full_verify_every: int = _u32(0, 0, "Every n-th check of a blob is a full verify (0: never).")
+    full_verify_interval_ms: int = _i64(
+        7 * 24 * 3600 * 1000,
+        "Cached chunk digests (and a persisted listing) are trusted for at most this long after the "
+        "full verify that built them (i64 >= 0, ms of wall time; 0: no bound).",
+    )
 
 
 class RuntimeSettings(_Settings):
@@ -312,6 +319,7 @@ class Settings(_Settings):
             chunk_size_bytes=p.chunk_size_bytes,
             cache_dir=p.chunk_cache_dir,
             full_verify_every=p.full_verify_every,
+            full_verify_interval_ms=p.full_verify_interval_ms,
         )
 
 

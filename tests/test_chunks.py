@@ -31,7 +31,7 @@ def make_blob(n: int) -> bytes:
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalCasStore:
-    return LocalCasStore(tmp_path / "store")
+    return LocalCasStore(tmp_path / "store", blob_format="raw")  # these tests are about the raw layout
 
 
 def chunked(store: LocalCasStore, tmp_path: Path, **options) -> ChunkedReader:
@@ -127,7 +127,7 @@ KINDS = ["healthy", "flip-last", "rewrite", "truncate", "extend", "delete", "dir
 @pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_small_blob_outcomes_equal_upstream(tmp_path, algorithm, kind) -> None:
-    store = LocalCasStore(tmp_path / "store", algorithm)
+    store = LocalCasStore(tmp_path / "store", algorithm, blob_format="raw")
     sizes = [1, 2, 17, 100, CHUNK - 1, CHUNK]
     hashes = [store.put_bytes(make_blob(n)) for n in sizes]
     full = make_reader(store, VerifyOptions(mode="full"))
@@ -267,7 +267,9 @@ def test_silent_corruption_is_caught_when_sampled(store, tmp_path) -> None:
     assert run_check(fast, request(content_hash, elsewhere[0], 10), 1_000, 0).passed
     outcome = run_check(fast, request(content_hash, in_last[0], 10), 1_000, 0)
     assert outcome.failure is not None and outcome.failure.reason.value == "HASH_MISMATCH"
-    assert "chunk 7 [7168..8192) blake3=" in outcome.failure.error
+    # Confirmed by a full verify before it is condemned: upstream's outcome and upstream's message.
+    assert outcome.failure.error.endswith(f"actual={blake3_hex(store.blob_path(content_hash).read_bytes())}")
+    assert fast.stats.confirmations == 1
     # Once seen bad, every later check is a full verify and fails, whatever it samples.
     for seed in elsewhere[:3]:
         assert not run_check(fast, request(content_hash, seed, 10), 1_000, 0).passed
@@ -385,16 +387,18 @@ def test_cache_is_keyed_by_chunk_size(store, tmp_path) -> None:
     assert len(cache_files(tmp_path)) == 2
 
 
-@pytest.mark.parametrize("corruption", ["flip-digest", "truncate", "garbage", "empty"])
+@pytest.mark.parametrize("corruption", ["flip-header", "truncate", "extend", "garbage", "empty"])
 def test_corrupt_cache_file_is_rebuilt_never_trusted(store, tmp_path, corruption) -> None:
     content_hash = store.put_bytes(make_blob(16 * CHUNK))
     chunked(store, tmp_path).read_sample(content_hash, 10, "s")
     (cache_file,) = cache_files(tmp_path)
     raw = bytearray(cache_file.read_bytes())
-    if corruption == "flip-digest":
-        raw[-40] ^= 0x01
+    if corruption == "flip-header":
+        raw[20] ^= 0x01
     elif corruption == "truncate":
-        raw = raw[: len(raw) // 2]
+        raw = raw[: len(raw) - 1]
+    elif corruption == "extend":
+        raw += b"\0" * 32
     elif corruption == "garbage":
         raw = bytearray(b"x" * len(raw))
     else:
@@ -403,7 +407,25 @@ def test_corrupt_cache_file_is_rebuilt_never_trusted(store, tmp_path, corruption
     reader = chunked(store, tmp_path)
     assert run_check(reader, request(content_hash), 1_000, 0).passed
     assert (reader.stats.cache_file_hits, reader.stats.full_verifies) == (0, 1)
-    assert decode_cache_file(cache_file.read_bytes()) is not None  # rewritten valid
+    assert decode_cache_file(cache_file.read_bytes(), content_hash) is not None  # rewritten valid
+
+
+def test_corrupt_cached_digest_costs_a_full_verify_never_a_false_failure(store, tmp_path) -> None:
+    """Digests are read only where a window needs them, so their corruption is found only there:
+    the mismatch is confirmed by a full verify (which passes), never reported as HASH_MISMATCH."""
+    data = make_blob(16 * CHUNK)
+    content_hash = store.put_bytes(data)
+    chunked(store, tmp_path).read_sample(content_hash, 10, "s")
+    (cache_file,) = cache_files(tmp_path)
+    raw = bytearray(cache_file.read_bytes())
+    raw[-1] ^= 0x01  # the digest of the last chunk
+    cache_file.write_bytes(bytes(raw))
+    seeds = (f"s{i}" for i in range(1000))
+    seed = next(s for s in seeds if sample_window(content_hash, s, len(data), 10)[0] >= 15 * CHUNK)
+    reader = chunked(store, tmp_path)
+    assert run_check(reader, request(content_hash, seed, 10), 1_000, 0).passed
+    assert (reader.stats.cache_file_hits, reader.stats.confirmations, reader.stats.full_verifies) == (1, 1, 1)
+    assert decode_cache_file(cache_file.read_bytes(), content_hash).digests[-1] == raw[-1] ^ 0x01
 
 
 def test_forged_cache_with_valid_checksum_but_other_file_state_is_ignored(store, tmp_path) -> None:

@@ -167,6 +167,7 @@ def test_runtime_keys_match_the_architecture() -> None:
 def test_probe_keys_match_the_architecture() -> None:
     expected = {"max_sample_bytes", "challenges_per_tick", "challenge_ttl_ms", "allowed_clock_skew_ms"}
     expected |= {"verify_mode", "chunk_size_bytes", "chunk_cache_dir", "full_verify_every"}
+    expected |= {"full_verify_interval_ms"}
     assert set(ProbeSettings.model_fields) == expected
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from distfs_pipeline import demo
+from distfs_pipeline.chunks import ChunkedReader, default_cache_dir
 from distfs_pipeline.errors import UsageError
 from distfs_pipeline.models import RoundReport
 from distfs_pipeline.runner import RunHooks, run_audit
@@ -231,6 +232,32 @@ def test_a_plain_store_listing_persists_in_the_chunk_cache_dir(tmp_path: Path, m
     summary = run_audit(settings, tmp_path / "run")
     assert (summary["blob_count"], summary["cumulative"]["passed_checks"]) == (3, 2)
     assert tree(root) == before  # nothing written into the audited store
-    cache = tmp_path / "run" / "probe-state.json.chunks"  # the resolved chunk cache dir, also in full mode
+    cache = default_cache_dir(root)  # the resolved per-store cache dir, also in full mode
     expected = LocalCasStore(root, listing_cache_dir=cache).listing_cache_path
     assert expected is not None and [p.name for p in cache.glob("listing-*.bin")] == [expected.name]
+    assert not cache.is_relative_to(tmp_path / "run")  # outlives the run dir
+
+
+def test_the_chunk_cache_outlives_the_run_by_default(tmp_path: Path) -> None:
+    """Issue 11: a new run (new run dir, default settings) reuses the digests of the last one, so
+    its first check of a multi-chunk blob needs no full verify."""
+    store = LocalCasStore(tmp_path / "store")
+    hashes = [store.put_bytes(os.urandom(100_000)) for _ in range(2)]
+    settings = make_settings(storage_root=str(store.root), rounds=4, probe={"challenges_per_tick": 2})
+    run_audit(settings, tmp_path / "run1")
+    cache = default_cache_dir(store.root)
+    assert len(list(cache.rglob("*.chk"))) == len(hashes)
+    reader = ChunkedReader(store, settings.probe.chunk_size_bytes, cache)
+    for content_hash in hashes:
+        reader.read_sample(content_hash, 65_536, "new-run")
+    assert (reader.stats.full_verifies, reader.stats.cache_file_hits) == (0, 2)
+
+
+def test_a_default_cache_inside_the_store_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalCasStore(tmp_path / "store")
+    store.put_bytes(os.urandom(100))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(store.root / "cache"))
+    settings = make_settings(storage_root=str(store.root), rounds=1)
+    with pytest.raises(UsageError, match=r"probe\.chunk_cache_dir .* is inside the audited store"):
+        run_audit(settings, tmp_path / "run")
+    assert not (store.root / "cache").exists()

@@ -38,8 +38,10 @@ START, TICK = 1_767_225_600_000, 200
 TTL, SKEW = 30_000, 5_000
 
 
-def make_store(root: Path, sizes: tuple[int, ...] = (300, 5_000, 9_000, 20_000)) -> LocalCasStore:
-    store = LocalCasStore(root)
+def make_store(
+    root: Path, sizes: tuple[int, ...] = (300, 5_000, 9_000, 20_000), blob_format: str = "o7cblob1"
+) -> LocalCasStore:
+    store = LocalCasStore(root, blob_format=blob_format)
     for i, size in enumerate(sizes):
         store.put_bytes(os.urandom(8) + bytes([i]) * size)
     return store
@@ -121,7 +123,7 @@ def test_silent_bit_rot_is_seen_only_by_a_window_over_the_damaged_chunk(tmp_path
     A user-space write always moves ctime, so a non-silent rot makes the next read re-verify the
     whole blob; silent rot (as below the file system) is caught only by the damaged chunk.
     """
-    store = make_store(tmp_path / "store", sizes=(64 * 1024,))
+    store = make_store(tmp_path / "store", sizes=(64 * 1024,), blob_format="raw")  # chunk offsets are raw
     cache = tmp_path / "cache"
     reader = ChunkedReader(store, 1024, cache)
     content_hash = store.candidates()[0]
@@ -130,8 +132,9 @@ def test_silent_bit_rot_is_seen_only_by_a_window_over_the_damaged_chunk(tmp_path
     FaultInjector(store.root, [spec], default_delay_ms=0, chunk_cache_dir=cache).before_round(1, START)
     assert reader.read_window(content_hash, 0, 1024)  # chunk 0 is intact: the rot goes unseen
     assert reader.stats.full_verifies == 1
-    with pytest.raises(BlobHashMismatch, match="chunk 40"):
+    with pytest.raises(BlobHashMismatch, match="blob hash mismatch"):  # chunk 40, confirmed in full
         reader.read_window(content_hash, 40 * 1024, 16)
+    assert reader.stats.confirmations == 1
     with pytest.raises(BlobHashMismatch):  # known bad now: every later check re-verifies in full
         reader.read_window(content_hash, 0, 1024)
 
