@@ -255,6 +255,8 @@ class ReaderStats:
     cache_file_rejected: int = 0
     cache_write_errors: int = 0
     cache_bytes_read: int = 0
+    window_disk_bytes: int = 0  # blob bytes read by checks vouched for by the cache
+    verify_disk_bytes: int = 0  # blob bytes read by full verifies
     decoded_bytes: int = 0
     memo_hits: int = 0
 
@@ -459,6 +461,7 @@ class ChunkedReader(_BlobAccess):
         if raw_len is not None:
             decoded, captured = self._decode_whole(scan, raw_len, window)
         scan.drain()
+        self.stats.verify_disk_bytes += scan.position
         if scan.position != st.st_size:
             changed = f"size changed while reading: {st.st_size} -> {scan.position}"
             raise BlobHashMismatch(content_hash, changed)
@@ -523,6 +526,7 @@ class ChunkedReader(_BlobAccess):
         start = first * cs
         length = min((last + 1) * cs, entry.key[0]) - start
         block = _pread(fd, path, length, start)
+        self.stats.window_disk_bytes += len(block)
         if len(block) != length:
             raise _Unverified
         digests = self._digests(entry, first, last - first + 1)
@@ -558,6 +562,7 @@ class ChunkedReader(_BlobAccess):
             start = chunk * cs
             length = min((chunk + count) * cs, file_size) - start
             block = _pread(fd, path, length, start)
+            self.stats.window_disk_bytes += len(block)
             if len(block) != length:
                 raise _Unverified
             view = memoryview(block)

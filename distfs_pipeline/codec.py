@@ -146,10 +146,15 @@ class _Decoded:
         raise StopIteration
 
 
-def stream_prefix(read: Callable[[int], bytes]) -> zstandard.ZstdDecompressionReader:
+def stream_prefix(
+    read: Callable[[int], bytes], read_size: int = 32 * 1024
+) -> zstandard.ZstdDecompressionReader:
     """A decompressing reader over a payload already known to decode (a verified blob's bytes):
-    `seek(n)` then `read(k)` decodes only up to `n + k`, never the rest of the stream."""
-    return _DECOMPRESSOR.stream_reader(_Source(read), read_across_frames=True, closefd=False)
+    reading `n` bytes decodes only up to `n` (plus what one `read_size` of input holds), never the
+    rest of the stream."""
+    return _DECOMPRESSOR.stream_reader(
+        _Source(read), read_size=read_size, read_across_frames=True, closefd=False
+    )
 
 
 class _Source:
