@@ -188,6 +188,13 @@ def _read_all(fd: int, path: str, expected: int) -> bytes:
         raise Io(f"read blob {path} failed: {exc.strerror or exc}") from exc
 
 
+def _no_readahead(fd: int) -> None:
+    """A window read wants exactly its bytes: without this hint the kernel's readahead, seeing a
+    compressed blob's prefix read front to back, pulls in the rest of the file too."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+
 def _pread(fd: int, path: str, length: int, offset: int) -> bytes:
     try:
         return os.pread(fd, length, offset)
@@ -518,6 +525,7 @@ class ChunkedReader(_BlobAccess):
         self.stats.chunk_reads += 1
         if size == 0:
             return b""
+        _no_readahead(fd)
         if entry.layout == COMPRESSED:
             return self._read_compressed(fd, path, entry, offset, size)
         cs = self.chunk_size
