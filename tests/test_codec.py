@@ -444,3 +444,82 @@ def _window_disk_start(reader: ChunkedReader, content_hash: str, req: StorageCha
         return 0
     offset, _ = sample_window(content_hash, req.vrf_seed, entry.decoded_len, req.max_sample_bytes)
     return offset // reader.chunk_size * reader.chunk_size
+
+
+# --- whole rounds: upstream_full audits a damaged mixed store as upstream, chunked agrees -------------
+
+
+def _mixed_damaged_store(root: Path) -> tuple[LocalCasStore, dict[str, str | None]]:
+    """Raw and compressed blobs, small and multi-chunk, damaged in upstream's fallback ways
+    (user-space writes, so file metadata shows them); hash -> expected failure reason."""
+    store, raw = LocalCasStore(root), LocalCasStore(root, blob_format="raw")
+    expected: dict[str, str | None] = {}
+    for i, size in enumerate((10, 900, 3_000, 70_000, 300_000)):
+        expected[store.put_bytes(text(size, f"c{i}"))] = None
+        expected[raw.put_bytes(noise(size, f"r{i}"))] = None
+    looks = b"O7CBLOB1" + (5).to_bytes(8, "little") + blake3_hex(b"y").encode() + noise(20_000)
+    expected[raw.put_bytes(looks)] = None  # only looks compressed: reads raw and passes
+    damages = {
+        "header-magic": lambda b: b"X" + b[1:],
+        "header-length": lambda b: (
+            b[:8] + (int.from_bytes(b[8:16], "little") + 1).to_bytes(8, "little") + b[16:]
+        ),
+        "header-hash": lambda b: b[:16] + blake3_hex(b"z").encode() + b[80:],
+        "payload": lambda b: b[:-100] + bytes([b[-100] ^ 0x40]) + b[-99:],
+        "truncated": lambda b: b[: len(b) - 3],
+    }
+    for i, (name, damage) in enumerate(damages.items()):
+        content_hash = store.put_bytes(text(50_000 + i, f"d{name}"))
+        path = store.blob_path(content_hash)
+        assert path.read_bytes()[:8] == codec.MAGIC
+        path.write_bytes(damage(path.read_bytes()))
+        expected[content_hash] = "HASH_MISMATCH"
+    gone = store.put_bytes(text(40_000, "gone"))
+    store.blob_path(gone).unlink()
+    expected[gone] = "MISSING_SAMPLE"
+    return store, expected
+
+
+def test_rounds_on_a_damaged_mixed_store_equal_upstream_in_full_and_chunked_mode(tmp_path) -> None:
+    from distfs_pipeline.auditor import Auditor
+    from distfs_pipeline.models import AdaptivePolicy, CursorState, ProbeConfig, VerifyOptions
+
+    store, expected = _mixed_damaged_store(tmp_path / "store")
+    probe = ProbeConfig(max_sample_bytes=4096, challenges_per_tick=len(expected))
+    results = {}
+    for mode in ("full", "chunked"):
+        verify = VerifyOptions(mode=mode, chunk_size_bytes=CHUNK, cache_dir=str(tmp_path / f"cache-{mode}"))
+        auditor = Auditor(
+            store, world_id="w", node_id="n", probe=probe, policy=AdaptivePolicy(), verify=verify
+        )
+        state, reports = CursorState(), []
+        for round_number in range(3):
+            report, state = auditor.run_round(state, 1_000 + round_number * 1_000)
+            reports.append(report.to_dict())
+        results[mode] = (reports, state.to_dict())
+    reports, _ = results["full"]
+    for report in reports:
+        reasons = {f["content_hash"]: f["reason"] for f in report["failures"]}
+        assert reasons == {h: r for h, r in expected.items() if r is not None}
+        assert report["passed_checks"] == sum(r is None for r in expected.values())
+        assert report["latest_proof_semantics"] is not None
+    assert results["chunked"] == results["full"]  # check for check: outcome, semantics, state
+
+
+def test_answering_a_challenge_issued_elsewhere_and_window_errors_on_compressed_blobs(tmp_path) -> None:
+    from distfs_pipeline.challenge import answer_storage_challenge, issue_storage_challenge
+
+    store, content_hash, data = compressed_store(tmp_path)
+    full = FullReader(store)
+    challenge = issue_storage_challenge(full, request(content_hash, "elsewhere", 5000))
+    fresh = ChunkedReader(store, CHUNK, tmp_path / "cache")  # no memo, no entry: verifies, then reads
+    assert answer_storage_challenge(fresh, challenge, 1_050) == answer_storage_challenge(
+        full, challenge, 1_050
+    )
+    for reader in (ChunkedReader(store, CHUNK, tmp_path / "cache2"), fresh):  # building, then cached
+        for offset, size in ((len(data) - 10, 11), (len(data) + 1, 0), (2**64, 1)):
+            with pytest.raises(Exception) as got:
+                reader.read_window(content_hash, offset, size)
+            with pytest.raises(Exception) as want:
+                full.read_window(content_hash, offset, size)
+            assert (type(got.value), str(got.value)) == (type(want.value), str(want.value))
