@@ -375,10 +375,10 @@ def test_a_persisted_listing_older_than_the_bound_is_not_trusted(tmp_path) -> No
 
 # --- property: mixed stores, full and chunked agree wherever the damage is read -----------------------
 
-DAMAGES = ("none", "flip", "flip-silent", "truncate", "extend")
+DAMAGES = ("none", "flip", "flip-silent", "flip-in-window", "truncate", "extend")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     blobs=st.lists(st.tuples(st.integers(0, 30_000), st.booleans(), st.booleans()), min_size=1, max_size=4),
     damage=st.sampled_from(DAMAGES),
@@ -405,15 +405,26 @@ def test_full_and_chunked_agree_on_mixed_stores_wherever_the_damage_is_read(
     path = compressed.blob_path(target)
     size = path.stat().st_size
     position = int(where * size) if size else 0
-    if damage.startswith("flip") and size:
-        _silent_flip(compressed, cache, target, position) if damage == "flip-silent" else _loud_flip(
-            path, position
-        )
+    if damage == "flip-in-window" and size:
+        # where the first seed's check reads on the intact file: the damage goes inside it
+        intact = ChunkedReader(compressed, chunk, cache)
+        run_check(intact, request(target, seeds[0], max_bytes), 1_000, 0)
+        start = _window_disk_start(intact, target, request(target, seeds[0], max_bytes))
+        length = intact.stats.window_disk_bytes or size
+        position = min(start + int(where * length), size - 1)
+    if damage in ("flip-silent", "flip-in-window") and size:
+        _silent_flip(compressed, cache, target, position)
+    elif damage == "flip" and size:
+        _loud_flip(path, position)
     elif damage == "truncate" and size:
         os.truncate(path, position)
     elif damage == "extend":
         with open(path, "ab") as handle:
             handle.write(b"\x01")
+    if damage == "flip-in-window":
+        req = request(target, seeds[0], max_bytes)
+        got = run_check(ChunkedReader(compressed, chunk, cache), req, 1_000, 0)
+        assert outcome_key(got) == outcome_key(run_check(full, req, 1_000, 0))
     for seed in seeds:
         req = request(target, seed, max_bytes)
         expected = run_check(full, req, 1_000, 0)
@@ -422,7 +433,9 @@ def test_full_and_chunked_agree_on_mixed_stores_wherever_the_damage_is_read(
         read_up_to = probe.stats.window_disk_bytes  # the prefix (or chunks) this check read and vouched for
         window_start = _window_disk_start(probe, target, req)
         damage_read = (
-            damage != "flip-silent" or size <= chunk or window_start <= position < window_start + read_up_to
+            damage not in ("flip-silent", "flip-in-window")
+            or size <= chunk
+            or window_start <= position < window_start + read_up_to
         )
         if damage_read:
             assert outcome_key(got) == outcome_key(expected), (damage, position, size)
