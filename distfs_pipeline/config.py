@@ -82,6 +82,7 @@ class ProbeConf:
     chunk_size_bytes: int = 16 * 1024
     chunk_cache_dir: str | None = None
     full_verify_every: int = 0
+    max_bytes_per_s: int = 0
 
 
 @dataclass
@@ -98,6 +99,9 @@ class RuntimeConf:
     rounds: int = 300
     epoch_rounds: int = 100
     progress: Progress = Progress.auto
+    tick_jitter_ms: int = 0
+    metrics_port: int | None = None
+    metrics_textfile: str | None = None
 
 
 class Baseline(StrEnum):

@@ -39,6 +39,7 @@ from . import demo, reward
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
+from .pacing import Pacing
 from .state import ROUND_LOG_NAME, Recovered, RoundJournal, StateLock, recover, repair_tail, write_atomic
 from .store import LocalCasStore
 from .summary import Progress, RunTotals, build_summary, format_summary
@@ -207,21 +208,30 @@ class VirtualClock:
 
 
 class WallClock:
-    """Real time: the first round now, then one every tick (no burst after a slow round)."""
+    """Real time: the first round now, then one every tick (no burst after a slow round).
 
-    def __init__(self, tick_ms: int) -> None:
+    `pacing` (see `pacing.py`) jitters each interval and holds the next round back until the
+    previous one's bytes fit `probe.max_bytes_per_s`; without it, a plain `tick_ms` grid.
+    """
+
+    def __init__(self, tick_ms: int, pacing: Pacing | None = None) -> None:
         self.tick_s = tick_ms / 1000
+        self.pacing = pacing or Pacing(tick_ms)
         self.due: float | None = None
 
     def next_round(self, _history_index: int, stop: StopFlag) -> int | None:
         now = time.monotonic()
         if self.due is None or now - self.due > self.tick_s:
             self.due = now  # the first round, or a whole tick behind: restart the grid from now
+        paced = self.pacing.earliest_next_start()
+        if paced is not None and paced > self.due:
+            self.due = paced  # the last round read more than the byte rate allows in one tick
         while not stop and (left := self.due - time.monotonic()) > 0:
             time.sleep(min(left, _WALL_SLEEP_SLICE_S))
         if stop:
             return None
-        self.due += self.tick_s
+        self.pacing.round_started(time.monotonic())
+        self.due += self.pacing.interval_s()
         return time.time_ns() // 1_000_000
 
 
@@ -393,7 +403,7 @@ def _warn_if_empty(store: LocalCasStore) -> None:
 def _loop(run: _Run) -> None:
     rt = run.settings.runtime
     clock: VirtualClock | WallClock
-    clock = VirtualClock(rt.start_unix_ms, rt.tick_ms) if rt.clock == "virtual" else WallClock(rt.tick_ms)
+    clock = VirtualClock(rt.start_unix_ms, rt.tick_ms) if rt.clock == "virtual" else _wall_clock(run.settings)
     while rt.rounds == 0 or run.totals.rounds < rt.rounds:
         observed = clock.next_round(run.state.rounds_executed, run.stop)
         if observed is None:
@@ -403,6 +413,15 @@ def _loop(run: _Run) -> None:
         if run.stop:
             break
     run.progress.update(run.totals, run.state, force=True)
+
+
+def _wall_clock(settings: Settings) -> WallClock:
+    """The wall clock with the configured jitter and byte-rate limit (see `pacing.py`)."""
+    rt = settings.runtime
+    pacing = Pacing(rt.tick_ms, rt.tick_jitter_ms, settings.probe.max_bytes_per_s)
+    if not pacing.measurable:
+        warn("probe.max_bytes_per_s: this system does not report bytes read (/proc/self/io); not paced")
+    return WallClock(rt.tick_ms, pacing)
 
 
 def _one_round(run: _Run, observed_ms: int) -> None:
