@@ -35,12 +35,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import demo, reward
+from . import blobs, demo, reward
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
 from .pacing import Pacing
-from .state import ROUND_LOG_NAME, Recovered, RoundJournal, StateLock, recover, repair_tail, write_atomic
+from .state import (
+    ROUND_LOG_NAME,
+    Book,
+    Recovered,
+    RoundJournal,
+    StateLock,
+    recover,
+    repair_tail,
+    save_book,
+    write_atomic,
+)
 from .store import LocalCasStore
 from .summary import Progress, RunTotals, build_summary, format_summary
 from .validation import Settings
@@ -308,6 +318,7 @@ class _Run:
     stop: StopFlag
     progress: Progress
     totals: RunTotals = field(default_factory=RunTotals)
+    book: Book = field(default_factory=dict)  # per-blob history, durable beside the state file
 
 
 def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) -> dict[str, Any]:
@@ -335,6 +346,7 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
         try:
             with _signals_handled(run.stop):
                 _loop(run)
+            save_book(state_path, run.book, run.state.rounds_executed)  # a checkpoint: replay starts here
         finally:
             run.journal.close()
             run.progress.close()
@@ -363,7 +375,11 @@ def _start(
     hooks: RunHooks,
 ) -> _Run:
     rt = settings.runtime
-    journal = RoundJournal(Path(rt.state_path or ""), run_dir / ROUNDS_LOG)
+    state_path = Path(rt.state_path or "")
+    if recovered.book_round != recovered.state.rounds_executed:
+        # Replay from the previous log has been applied: checkpoint it before the WAL moves on.
+        save_book(state_path, recovered.book, recovered.state.rounds_executed)
+    journal = RoundJournal(state_path, run_dir / ROUNDS_LOG)
     journal.open()
     _warn_if_empty(store)
     return _Run(
@@ -378,6 +394,7 @@ def _start(
         hooks=hooks,
         stop=StopFlag(),
         progress=Progress(rt.progress, rt.rounds),
+        book=recovered.book,
     )
 
 
@@ -429,9 +446,12 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     if run.hooks.before_round is not None:
         run.hooks.before_round(run.totals.rounds + 1, observed_ms)
     report, new_state = run.auditor.run_round(run.state, observed_ms)
+    changes = blobs.apply_report(run.book, report)
+    run.book.update(changes)
     epoch_rounds = run.settings.runtime.epoch_rounds
     run.epoch = run.epoch.add(report)
     record = {**report.to_dict(), "epoch": run.epoch.to_dict()}
+    record["blob_changes"] = {h: rec.to_dict() for h, rec in changes.items()}
     closed = None
     if reward.is_epoch_end(report.round_index, epoch_rounds):
         closed = reward.epoch_report(run.epoch, run.rewardable, epoch_rounds)
