@@ -319,6 +319,7 @@ class _Run:
     progress: Progress
     totals: RunTotals = field(default_factory=RunTotals)
     book: Book = field(default_factory=dict)  # per-blob history, durable beside the state file
+    observer: Any = None  # metrics.Metrics: told after each durable round and at the end
 
 
 def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) -> dict[str, Any]:
@@ -350,6 +351,8 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
         finally:
             run.journal.close()
             run.progress.close()
+            if run.observer is not None:
+                run.observer.close(run.state)
     summary = build_summary(
         run.settings,
         run.run_dir,
@@ -379,8 +382,16 @@ def _start(
     if recovered.book_round != recovered.state.rounds_executed:
         # Replay from the previous log has been applied: checkpoint it before the WAL moves on.
         save_book(state_path, recovered.book, recovered.state.rounds_executed)
+    observer = _metrics(settings, store)
+    if observer is not None:
+        observer.start(recovered.state, recovered.book)  # every series at its value before round 1
     journal = RoundJournal(state_path, run_dir / ROUNDS_LOG)
-    journal.open()
+    try:
+        journal.open()
+    except BaseException:
+        if observer is not None:
+            observer.close(recovered.state)
+        raise
     _warn_if_empty(store)
     return _Run(
         settings=settings,
@@ -395,7 +406,17 @@ def _start(
         stop=StopFlag(),
         progress=Progress(rt.progress, rt.rounds),
         book=recovered.book,
+        observer=observer,
     )
+
+
+def _metrics(settings: Settings, store: LocalCasStore) -> Any:
+    """The metrics observer (`metrics.py`), imported only when `runtime.metrics_*` asks for it."""
+    if settings.runtime.metrics_port is None and settings.runtime.metrics_textfile is None:
+        return None
+    from .metrics import from_settings
+
+    return from_settings(settings, store)
 
 
 def _warn_if_empty(store: LocalCasStore) -> None:
@@ -443,6 +464,7 @@ def _wall_clock(settings: Settings) -> WallClock:
 
 def _one_round(run: _Run, observed_ms: int) -> None:
     """Run, commit (write-ahead), then report a round; hooks see only durable rounds."""
+    started = time.monotonic()
     if run.hooks.before_round is not None:
         run.hooks.before_round(run.totals.rounds + 1, observed_ms)
     report, new_state = run.auditor.run_round(run.state, observed_ms)
@@ -463,5 +485,7 @@ def _one_round(run: _Run, observed_ms: int) -> None:
         run.epochs.append(closed)
         run.totals.epochs_closed += 1
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
+    if run.observer is not None:
+        run.observer.round(report, new_state, changes, run.book, time.monotonic() - started)
     if run.hooks.on_round is not None:
         run.hooks.on_round(report)
