@@ -163,6 +163,22 @@ def read_tail(log: Path, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
     return records
 
 
+def wal_log(state_path: Path) -> Path | None:
+    """The round log the WAL names: `state.read_wal` gives a path, or a pointer with `log_path`."""
+    pointer = state.read_wal(state_path)
+    if pointer is None:
+        return None
+    return Path(getattr(pointer, "log_path", pointer))
+
+
+def _own(records: list[dict[str, Any]], identity: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Only this state's records: a record naming another `state_id` (a shared run dir) is not ours."""
+    state_id = identity.get("state_id")
+    if not state_id:
+        return records
+    return [r for r in records if r.get("state_id") in (None, state_id)]
+
+
 def _read_json_object(path: Path) -> dict[str, Any] | None:
     try:
         data = safefile.load_json_file(path, SIDECAR_CAP)
@@ -199,8 +215,8 @@ def gather(state_path: Path, store: Path | None = None) -> Sources:
     _check_wal(state_path)
     book = state.load_book(state_path)
     identity = load_identity(state_path)
-    log = state.read_wal(state_path)
-    tail = read_tail(log) if log is not None else []
+    log = wal_log(state_path)
+    tail = _own(read_tail(log), identity) if log is not None else []
     root = _store_root(identity, store, log)
     held: Sequence[str] | None = None
     indexed, store_error, mtimes = False, None, {}

@@ -234,3 +234,11 @@ def test_the_json_is_stable_for_scripts(audited: Path) -> None:
     report = json.loads(done.stdout)
     assert done.returncode == 0
     assert set(report) >= {"health", "problems", "backoff", "coverage", "failing", "last_epoch", "checks"}
+
+
+def test_records_of_another_state_in_the_log_are_not_mixed_in() -> None:
+    mine = {"state_id": "a", "round_index": 1}
+    theirs = {"state_id": "b", "round_index": 9}
+    legacy = {"round_index": 2}
+    assert status._own([mine, theirs, legacy], {"state_id": "a"}) == [mine, legacy]
+    assert status._own([mine, theirs], {}) == [mine, theirs]
