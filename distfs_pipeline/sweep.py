@@ -632,13 +632,19 @@ def _cell(value: Any) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A fixed-width table for the terminal: one line per job, failed jobs with their error."""
     varying = varying_overrides(rows)
-    headers = ("job", "status", "scenario", "sweep", "checks", "detect_ms", "undet", "recover_ms")
+    headers = ("job", "status", "scenario", "sweep", "checks", "pass", "detect_ms", "undet", "recover_ms")
     headers += ("known_bad", "skipped", "objective", "front")
     lines = []
     for row in rows:
         front = ("D" if row["pareto_detection"] else "") + ("R" if row["pareto_recovery"] else "")
         cells = (row["job"], row["status"], row["scenario"], label(row, varying), row["checks_spent"])
-        cells += (row["detection_latency_ms"], row["undetected_episodes"], row["recovery_latency_ms"])
+        ratio = row.get("pass_ratio")
+        cells += (
+            f"{ratio:.1%}" if isinstance(ratio, int | float) else None,
+            row["detection_latency_ms"],
+            row["undetected_episodes"],
+            row["recovery_latency_ms"],
+        )
         cells += (row["checks_known_bad"], row["rounds_skipped_by_backoff"], row["objective"], front)
         lines.append([_cell(c) for c in cells])
     widths = [

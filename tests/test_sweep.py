@@ -275,6 +275,8 @@ def test_audit_jobs_get_their_pass_ratio_from_the_run_summary(tmp_path: Path) ->
     job_dir.mkdir()
     (job_dir / "summary.json").write_text(json.dumps({"checks_spent": 20, "pass_ratio": 0.95, "rounds": 20}))
     assert sweep._audit_metrics(job_dir)["pass_ratio"] == 0.95
+    row = full_row(0, scenario="none", overrides="policy=steady", checks_spent=20, pass_ratio=0.95)
+    assert "95.0%" in sweep.format_table([row]).splitlines()[1]
 
 
 def test_a_single_study_job_prints_its_study_metrics(tmp_path: Path) -> None:
