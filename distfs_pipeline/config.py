@@ -83,6 +83,7 @@ class ProbeConf:
     chunk_cache_dir: str | None = None
     full_verify_every: int = 0
     full_verify_interval_ms: int = 7 * 24 * 3600 * 1000
+    max_bytes_per_s: int = 0
 
 
 @dataclass
@@ -99,6 +100,9 @@ class RuntimeConf:
     rounds: int = 300
     epoch_rounds: int = 100
     progress: Progress = Progress.auto
+    tick_jitter_ms: int = 0
+    metrics_port: int | None = None
+    metrics_textfile: str | None = None
 
 
 class Baseline(StrEnum):

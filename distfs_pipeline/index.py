@@ -43,6 +43,7 @@ from urllib.parse import quote, unquote
 
 import blake3
 
+from . import safefile
 from .errors import BlobHashInvalid, Io
 from .fileops import io_error, path_exists, remove_quietly, validate_hash, write_new_file
 
@@ -132,6 +133,44 @@ class MustHoldIndex:
             _snapshot_step(grown_from) != _snapshot_step(end) or not path_exists(self.snapshot_path)
         ):
             self._write_snapshot()
+
+    def adopt(self, entries: Iterable[tuple[str, int]]) -> int:
+        """Record blobs a store already holds (`adopt.py`); returns how many were newly recorded.
+
+        Without an index, it appears atomically holding exactly `entries` (as the first put's seed
+        does); with one, the entries it lacks are appended in a few large `O_APPEND` writes opened
+        through `safefile.open_append`, so a planted link in place of the index is refused, never
+        followed. Nothing else in the store is touched; the snapshot is kept as `record` keeps it.
+        """
+        entries = list(entries)
+        if not self.exists():
+            seeded, end = self._create_from_listing(lambda: entries)
+            if seeded or not entries:
+                if end >= _SNAPSHOT_MIN_BYTES:
+                    self._write_snapshot()
+                return len(seeded)
+        known = set(self.hashes() or ())
+        fresh = [_index_line(h, size) for h, size in dict(entries).items() if h not in known]
+        if not fresh:
+            return 0
+        try:
+            fd = safefile.open_append(self.path)
+        except OSError as exc:
+            raise io_error("open index", self.path, exc) from exc
+        try:
+            grown_from = os.fstat(fd).st_size
+            if grown_from and _last_byte(self.path, os.fstat(fd)) != b"\n":
+                fresh[0] = "\n" + fresh[0]  # a torn last line stays torn, on a line of its own
+            for start in range(0, len(fresh), 8192):
+                safefile.write_all(fd, "".join(fresh[start : start + 8192]).encode())
+            end = os.fstat(fd).st_size
+        except OSError as exc:
+            raise io_error("append index", self.path, exc) from exc
+        finally:
+            os.close(fd)
+        if end >= _SNAPSHOT_MIN_BYTES and _snapshot_step(grown_from) != _snapshot_step(end):
+            self._write_snapshot()
+        return len(fresh)
 
     # ------------------------------------------------------------------ internals: writing
 
@@ -278,6 +317,17 @@ class MustHoldIndex:
                 return _line_prefix_digest(handle, covered)
         except OSError:
             return None
+
+
+def _last_byte(path: Path, appending: os.stat_result) -> bytes:
+    """The last byte of the file being appended to (an append-only fd cannot read it itself)."""
+    fd, st = safefile.open_read(path)
+    try:
+        if (st.st_dev, st.st_ino) != (appending.st_dev, appending.st_ino):
+            raise OSError(f"{path} was replaced while being opened")
+        return os.pread(fd, 1, appending.st_size - 1)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------- log lines

@@ -35,11 +35,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import demo, reward
+from . import blobs, demo, reward
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
-from .state import ROUND_LOG_NAME, Recovered, RoundJournal, StateLock, recover, repair_tail, write_atomic
+from .pacing import Pacing
+from .state import (
+    ROUND_LOG_NAME,
+    Book,
+    Recovered,
+    RoundJournal,
+    StateLock,
+    recover,
+    repair_tail,
+    save_book,
+    write_atomic,
+)
 from .store import LocalCasStore
 from .summary import Progress, RunTotals, build_summary, format_summary
 from .validation import Settings
@@ -212,21 +223,30 @@ class VirtualClock:
 
 
 class WallClock:
-    """Real time: the first round now, then one every tick (no burst after a slow round)."""
+    """Real time: the first round now, then one every tick (no burst after a slow round).
 
-    def __init__(self, tick_ms: int) -> None:
+    `pacing` (see `pacing.py`) jitters each interval and holds the next round back until the
+    previous one's bytes fit `probe.max_bytes_per_s`; without it, a plain `tick_ms` grid.
+    """
+
+    def __init__(self, tick_ms: int, pacing: Pacing | None = None) -> None:
         self.tick_s = tick_ms / 1000
+        self.pacing = pacing or Pacing(tick_ms)
         self.due: float | None = None
 
     def next_round(self, _history_index: int, stop: StopFlag) -> int | None:
         now = time.monotonic()
         if self.due is None or now - self.due > self.tick_s:
             self.due = now  # the first round, or a whole tick behind: restart the grid from now
+        paced = self.pacing.earliest_next_start()
+        if paced is not None and paced > self.due:
+            self.due = paced  # the last round read more than the byte rate allows in one tick
         while not stop and (left := self.due - time.monotonic()) > 0:
             time.sleep(min(left, _WALL_SLEEP_SLICE_S))
         if stop:
             return None
-        self.due += self.tick_s
+        self.pacing.round_started(time.monotonic())
+        self.due += self.pacing.interval_s()
         return time.time_ns() // 1_000_000
 
 
@@ -303,6 +323,8 @@ class _Run:
     stop: StopFlag
     progress: Progress
     totals: RunTotals = field(default_factory=RunTotals)
+    book: Book = field(default_factory=dict)  # per-blob history, durable beside the state file
+    observer: Any = None  # metrics.Metrics: told after each durable round and at the end
 
 
 def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) -> dict[str, Any]:
@@ -330,9 +352,12 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
         try:
             with _signals_handled(run.stop):
                 _loop(run)
+            save_book(state_path, run.book, run.state.rounds_executed)  # a checkpoint: replay starts here
         finally:
             run.journal.close()
             run.progress.close()
+            if run.observer is not None:
+                run.observer.close(run.state)
     summary = build_summary(
         run.settings,
         run.run_dir,
@@ -358,8 +383,20 @@ def _start(
     hooks: RunHooks,
 ) -> _Run:
     rt = settings.runtime
-    journal = RoundJournal(Path(rt.state_path or ""), run_dir / ROUNDS_LOG)
-    journal.open()
+    state_path = Path(rt.state_path or "")
+    if recovered.book_round != recovered.state.rounds_executed:
+        # Replay from the previous log has been applied: checkpoint it before the WAL moves on.
+        save_book(state_path, recovered.book, recovered.state.rounds_executed)
+    observer = _metrics(settings, store)
+    if observer is not None:
+        observer.start(recovered.state, recovered.book)  # every series at its value before round 1
+    journal = RoundJournal(state_path, run_dir / ROUNDS_LOG)
+    try:
+        journal.open()
+    except BaseException:
+        if observer is not None:
+            observer.close(recovered.state)
+        raise
     _warn_if_empty(store)
     return _Run(
         settings=settings,
@@ -373,7 +410,18 @@ def _start(
         hooks=hooks,
         stop=StopFlag(),
         progress=Progress(rt.progress, rt.rounds),
+        book=recovered.book,
+        observer=observer,
     )
+
+
+def _metrics(settings: Settings, store: LocalCasStore) -> Any:
+    """The metrics observer (`metrics.py`), imported only when `runtime.metrics_*` asks for it."""
+    if settings.runtime.metrics_port is None and settings.runtime.metrics_textfile is None:
+        return None
+    from .metrics import from_settings
+
+    return from_settings(settings, store)
 
 
 def _warn_if_empty(store: LocalCasStore) -> None:
@@ -398,7 +446,7 @@ def _warn_if_empty(store: LocalCasStore) -> None:
 def _loop(run: _Run) -> None:
     rt = run.settings.runtime
     clock: VirtualClock | WallClock
-    clock = VirtualClock(rt.start_unix_ms, rt.tick_ms) if rt.clock == "virtual" else WallClock(rt.tick_ms)
+    clock = VirtualClock(rt.start_unix_ms, rt.tick_ms) if rt.clock == "virtual" else _wall_clock(run.settings)
     while rt.rounds == 0 or run.totals.rounds < rt.rounds:
         observed = clock.next_round(run.state.rounds_executed, run.stop)
         if observed is None:
@@ -410,14 +458,27 @@ def _loop(run: _Run) -> None:
     run.progress.update(run.totals, run.state, force=True)
 
 
+def _wall_clock(settings: Settings) -> WallClock:
+    """The wall clock with the configured jitter and byte-rate limit (see `pacing.py`)."""
+    rt = settings.runtime
+    pacing = Pacing(rt.tick_ms, rt.tick_jitter_ms, settings.probe.max_bytes_per_s)
+    if not pacing.measurable:
+        warn("probe.max_bytes_per_s: this system does not report bytes read (/proc/self/io); not paced")
+    return WallClock(rt.tick_ms, pacing)
+
+
 def _one_round(run: _Run, observed_ms: int) -> None:
     """Run, commit (write-ahead), then report a round; hooks see only durable rounds."""
+    started = time.monotonic()
     if run.hooks.before_round is not None:
         run.hooks.before_round(run.totals.rounds + 1, observed_ms)
     report, new_state = run.auditor.run_round(run.state, observed_ms)
+    changes = blobs.apply_report(run.book, report)
+    run.book.update(changes)
     epoch_rounds = run.settings.runtime.epoch_rounds
     run.epoch = run.epoch.add(report)
     record = {**report.to_dict(), "epoch": run.epoch.to_dict()}
+    record["blob_changes"] = {h: rec.to_dict() for h, rec in changes.items()}
     closed = None
     if reward.is_epoch_end(report.round_index, epoch_rounds):
         closed = reward.epoch_report(run.epoch, run.rewardable, epoch_rounds)
@@ -429,5 +490,7 @@ def _one_round(run: _Run, observed_ms: int) -> None:
         run.epochs.append(closed)
         run.totals.epochs_closed += 1
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
+    if run.observer is not None:
+        run.observer.round(report, new_state, changes, run.book, time.monotonic() - started)
     if run.hooks.on_round is not None:
         run.hooks.on_round(report)

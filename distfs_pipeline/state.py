@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import safefile
+from .blobs import BlobRecord
 from .errors import Serde, UsageError
 from .models import CursorState
 
@@ -67,6 +69,16 @@ def wal_path(state_path: Path) -> Path:
 
 def temp_path(state_path: Path) -> Path:
     return _sidecar(state_path, ".tmp")
+
+
+def book_path(state_path: Path) -> Path:
+    """`<state>.blobs`: the snapshot of the per-blob history (see `save_book`)."""
+    return _sidecar(state_path, ".blobs")
+
+
+Book = dict[str, BlobRecord]
+BOOK_VERSION = 1
+BOOK_READ_CAP = 1 << 31  # ~250 bytes a blob: room for millions of blobs, still a bound
 
 
 # --- load / save -------------------------------------------------------------------------------
@@ -167,6 +179,97 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# --- the per-blob book ------------------------------------------------------------------------
+
+
+def book_to_json(book: Book, round_index: int) -> bytes:
+    """The snapshot's bytes: compact JSON, only the fields that differ from a fresh record."""
+    blank = BlobRecord().to_dict()
+    blobs = {h: {k: v for k, v in rec.to_dict().items() if v != blank[k]} for h, rec in sorted(book.items())}
+    body = {"version": BOOK_VERSION, "round_index": round_index, "blobs": blobs}
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def save_book(state_path: str | os.PathLike[str], book: Book, round_index: int) -> None:
+    """Write the snapshot `<state>.blobs` atomically and durably (the book as of `round_index`)."""
+    path = book_path(Path(state_path))
+    try:
+        safefile.write_atomic(path, book_to_json(book, round_index))
+    except OSError as err:
+        raise UsageError(f"blob history {path}: cannot write: {safefile.describe(err)}") from None
+
+
+def read_book_snapshot(state_path: Path) -> tuple[Book, int]:
+    """The snapshot on disk and its round (an empty book at round 0 when there is none)."""
+    path = book_path(state_path)
+    try:
+        raw = safefile.read_optional(path, BOOK_READ_CAP)
+        if raw is None:
+            return {}, 0
+        data = safefile.loads_strict(raw)
+        if not isinstance(data, dict) or data.get("version") != BOOK_VERSION:
+            raise ValueError(f"not a version {BOOK_VERSION} blob history")
+        index, blobs = data.get("round_index"), data.get("blobs")
+        if not _is_count(index) or not isinstance(blobs, dict):
+            raise ValueError("no round_index or blobs")
+        return {str(h): BlobRecord.from_dict(_mapping(r)) for h, r in blobs.items()}, index
+    except OSError as err:
+        raise UsageError(f"blob history {path}: cannot read: {safefile.describe(err)}") from None
+    except ValueError as err:
+        raise UsageError(f"blob history {path}: {err}; remove it to rebuild the history") from None
+
+
+def apply_book_changes(book: Book, record: dict[str, Any]) -> None:
+    """Fold one round record's `blob_changes` into `book` (ValueError when malformed)."""
+    changes = record.get("blob_changes") or {}
+    if not isinstance(changes, dict):
+        raise ValueError("blob_changes is not an object")
+    for content_hash, raw in changes.items():
+        book[str(content_hash)] = BlobRecord.from_dict(_mapping(raw))
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"a blob record is not an object: {raw!r:.40}")
+    return raw
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+
+
+def load_book(state_path: str | os.PathLike[str]) -> Book:
+    """The per-blob history as of the last durable round, read-only (for `status`).
+
+    The snapshot plus the `blob_changes` of the round records after it in the log the WAL names;
+    nothing is repaired or written.
+    """
+    state_path = Path(state_path)
+    book, at = read_book_snapshot(state_path)
+    log = read_wal(state_path)
+    if log is not None:
+        for record in _records_after(log, at):
+            try:
+                apply_book_changes(book, record)
+            except ValueError as err:
+                raise UsageError(f"round log {log}: round {record.get('round_index')}: {err}") from None
+    return book
+
+
+def _records_after(log: Path, after: int) -> list[dict[str, Any]]:
+    """Complete records of `log` whose round_index is above `after`, oldest first."""
+    try:
+        raw = safefile.read_optional(log, BOOK_READ_CAP)
+    except OSError as err:
+        raise UsageError(f"round log {log}: cannot read: {safefile.describe(err)}") from None
+    out = []
+    for line in (raw or b"").split(b"\n")[:-1]:
+        record = _parse_record(line)
+        if record is not None and _is_count(record.get("round_index")) and record["round_index"] > after:
+            out.append(record)
+    return out
+
+
 # --- the lock ----------------------------------------------------------------------------------
 
 
@@ -239,6 +342,8 @@ class Recovered:
     rolled_forward: bool = False
     log_path: Path | None = None  # the previous run's round log, when the WAL names one
     notes: list[str] = field(default_factory=list)  # things worth a warning line
+    book: Book = field(default_factory=dict)  # per-blob history as of `state.rounds_executed`
+    book_round: int = 0  # the round the book snapshot on disk was taken at
 
 
 def recover(state_path: str | os.PathLike[str]) -> Recovered:
@@ -250,10 +355,12 @@ def recover(state_path: str | os.PathLike[str]) -> Recovered:
     state_path = Path(state_path)
     state = load_state(state_path)
     log = read_wal(state_path)
-    if log is None:
-        return Recovered(state)
-    if not log.exists():
-        return Recovered(state, notes=[f"round log {log} (named by {wal_path(state_path)}) is gone"])
+    if log is None or not log.exists():
+        recovered = Recovered(state)
+        if log is not None:
+            recovered.notes.append(f"round log {log} (named by {wal_path(state_path)}) is gone")
+        _recover_book(state_path, recovered, None)
+        return recovered
     if log.name != ROUND_LOG_NAME or not log.is_file():
         # Recovery may cut the tail of the file it follows: never of a file that is not ours.
         raise UsageError(
@@ -262,7 +369,23 @@ def recover(state_path: str | os.PathLike[str]) -> Recovered:
         )
     recovered = _reconcile(state_path, state, log, repair_tail(log))
     recovered.log_path = log
+    _recover_book(state_path, recovered, log)
     return recovered
+
+
+def _recover_book(state_path: Path, recovered: Recovered, log: Path | None) -> None:
+    """The book as of the recovered state: the snapshot plus the logged changes after it."""
+    book, at = read_book_snapshot(state_path)
+    recovered.book_round = at
+    if log is not None:
+        for record in _records_after(log, at):
+            if record["round_index"] > recovered.state.rounds_executed:
+                break
+            try:
+                apply_book_changes(book, record)
+            except ValueError as err:
+                raise UsageError(f"round log {log}: round {record['round_index']}: {err}") from None
+    recovered.book = book
 
 
 def _reconcile(state_path: Path, state: CursorState, log: Path, record: dict[str, Any] | None) -> Recovered:

@@ -403,4 +403,34 @@ def run_scenario_job(settings: Settings, cfg: Any, run_dir: Path) -> float:
             raise StudyJobFailed(error) from exc
         raise
     write_result(run_dir, record)
+    if not context["multirun"]:  # a sweep prints its own table of every job at the end
+        print(format_study(record), flush=True)
     return float(record["objective"])
+
+
+def format_study(record: dict[str, Any]) -> str:
+    """A study job's answer for people: detection, recovery, cost and the objective, after the
+    audit summary. A latency whose episode never ended within the run is a lower bound: `>=`."""
+    m = record["metrics"]
+    rows = [
+        ("detection", _latency(m["detection_latency_ms"], m["detection_latency_rounds"],
+                               m["undetected_episodes"], m["fault_episodes"], "fault(s) not noticed")),
+        ("recovery", _latency(m["recovery_latency_ms"], m["recovery_latency_rounds"],
+                              m["unrecovered_repairs"], m["repairs"], "repair(s) not seen passing")),
+        ("checks", f"{m['checks_spent']} spent, {m['checks_known_bad']} on blobs known bad, "
+                   f"{m['checks_on_faulty_data']} on faulty data"),
+        ("skipped", f"{m['rounds_skipped_by_backoff']} rounds, by backoff"),
+        ("objective", f"{record['objective']:.0f} = {record['objective_formula']}"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    lines = [f"distfs_pipeline study: scenario {record['scenario']}"]
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _latency(ms: float | None, rounds: float | None, censored: int, of: int, what: str) -> str:
+    if ms is None:
+        return "- (nothing to measure)"
+    bound = ">= " if censored else ""
+    note = f"; {censored} of {of} {what} within the run (counted to its end)" if censored else ""
+    return f"{bound}{ms:.0f} ms ({bound}{rounds:.1f} rounds), mean of {of}{note}"

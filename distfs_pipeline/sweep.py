@@ -59,6 +59,7 @@ METRIC_COLUMNS = (
     "fault_episodes",
     "repairs",
     "rounds",
+    "pass_ratio",
 )
 FRONT_COLUMNS = ("pareto_detection", "pareto_recovery")
 # Plain audit jobs (scenario none): summary.json key -> metric column.
@@ -67,6 +68,7 @@ _AUDIT_METRICS = {
     "failed_checks": "failed_checks",
     "rounds_skipped_by_backoff": "rounds_skipped_by_backoff",
     "rounds": "rounds",
+    "pass_ratio": "pass_ratio",
 }
 
 
@@ -306,69 +308,149 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------------- the plot
 
-_AXES = (("detection_latency_ms", "pareto_detection"), ("recovery_latency_ms", "pareto_recovery"))
+_AXES = (
+    ("detection_latency_ms", "pareto_detection", "undetected_episodes"),
+    ("recovery_latency_ms", "pareto_recovery", "unrecovered_repairs"),
+)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+# Where a job number may go around its point (offset points), tried in turn until one is free.
+_LABEL_OFFSETS = ((5, 4), (5, -11), (-14, 4), (-14, -11), (0, 10), (0, -16), (10, -3), (-20, -3))
+CENSORED_GID = "censored"
+_HEATMAP_MAX_COLUMNS = 10
+HEATMAP_GID = "objective-heatmap"
+CENSORED_LABEL = "not noticed within the window (a lower bound)"
 
 
 def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Checks spent against detection and recovery latency, one color per scenario, fronts marked.
+    """Write the sweep's figure (see `build_figure`) as a PNG; always writes one.
 
-    One marker shape per swept setting (e.g. per policy preset) when there are few, else each
-    point is annotated with its job number (the CSV maps numbers to overrides). Always writes the
-    PNG; with nothing to plot (plain audits, every job failed) it says why. matplotlib is imported
-    here, with the file-only Agg backend, so loading the callback (every Hydra start) stays cheap.
+    matplotlib is imported here, with the file-only Agg backend, so loading the callback (every
+    Hydra start) stays cheap.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(rows)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_figure(rows: Sequence[dict[str, Any]]) -> Any:
+    """The figure for a sweep's rows: it always shows what the sweep has, never an empty frame.
+
+    - Study jobs (scenario metrics): checks spent against detection and recovery latency, one color
+      per scenario, one marker shape per swept setting, each scenario's Pareto front marked;
+      censored values (a fault or repair not noticed within the run) are drawn hollow with an arrow
+      up, since they are lower bounds, not measurements; and the objective as a scenario x setting
+      heatmap, each scenario's best cell framed.
+    - Plain audit jobs (no scenario): pass ratio, checks spent and failed checks per job.
+    - No completed job: the failed jobs and their errors.
+    Job numbers, when drawn, are placed where they overlap no other text (else left to the CSV).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "completed"]
+    if any(_by_scenario(done, latency) for latency, _, _ in _AXES):
+        fig = _study_figure(plt, rows)
+    elif done:
+        fig = _audit_figure(plt, rows)
+    else:
+        fig = _failed_figure(plt, rows)
+    return fig
+
+
+def _study_figure(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
     from matplotlib.lines import Line2D
 
     varying = varying_overrides(rows)
     done = [r for r in rows if r["status"] == "completed"]
     scenarios = sorted({str(r["scenario"]) for r in done})
     colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(scenarios)}
-    labels = sorted({label(r, varying) for r in done})
+    labels = sorted({label(r, varying) for r in done}, key=_natural)
     markers = dict(zip(labels, _MARKERS, strict=False)) if len(labels) <= len(_MARKERS) else {}
-    fig, axes = plt.subplots(1, 2, figsize=(13.5, 5.8))
-    for ax, (latency, front_column) in zip(axes, _AXES, strict=True):
+    transpose = len(labels) > _HEATMAP_MAX_COLUMNS  # many settings: one row each, scenarios across
+    # Fixed inches for every band (title, scatter, their labels, heatmap title, heatmap, its labels),
+    # so that nothing overlaps whatever the number of scenarios or settings.
+    heat_h = 0.5 + 0.4 * (len(labels) if transpose else len(scenarios))
+    below_heat = 0.35 if transpose else 0.25 + 0.14 * max(_wrap(t, 22).count("\n") + 1 for t in labels)
+    width, height = 14.5, 0.8 + 5.0 + 1.0 + heat_h + 0.45 + below_heat
+    fig = plt.figure(figsize=(width, height))
+    heat_top = below_heat + heat_h
+    top = fig.add_gridspec(
+        1, 2, left=0.07, right=0.83, top=1 - 0.8 / height, bottom=(heat_top + 1.45) / height
+    )
+    top.update(wspace=0.25)
+    names = labels if transpose else scenarios
+    left = max(0.07, (0.35 + 0.062 * max(len(n) for n in names)) / width)
+    heat = fig.add_gridspec(1, 1, left=left, right=0.83, top=heat_top / height, bottom=below_heat / height)
+    scatter_axes = [fig.add_subplot(top[0, 0]), fig.add_subplot(top[0, 1])]
+    numbered: list[tuple[Any, float, float, str]] = []
+    for ax, (latency, front_column, censor_column) in zip(scatter_axes, _AXES, strict=True):
         groups = _by_scenario(rows, latency)
         for name, group in sorted(groups.items()):
-            _plot_group(ax, group, latency, front_column, colors[name], markers, varying)
+            _plot_group(ax, group, (latency, front_column, censor_column), colors[name], markers, varying)
+            if not markers:
+                numbered += [(ax, float(r["checks_spent"]), float(r[latency]), str(r["job"])) for r in group]
         ax.set_xlabel("checks spent (cost)")
         ax.set_ylabel(latency.replace("_", " "))
         ax.set_title(f"cost vs {latency.split('_')[0]} latency (lower left is better)")
         ax.grid(True, alpha=0.3)
         if not groups:
-            ax.text(0.5, 0.5, "no scenario metrics to plot", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no jobs measured this latency", ha="center", va="center", transform=ax.transAxes
+            )
+    _objective_heatmap(fig.add_subplot(heat[0, 0]), done, (scenarios, labels), varying, transpose)
     handles = [Line2D([], [], color=colors[n], marker="o", linestyle="", label=n) for n in scenarios]
     handles += [Line2D([], [], color="gray", marker=m, linestyle="", label=t) for t, m in markers.items()]
     handles.append(Line2D([], [], color="gray", marker="o", mfc="none", ms=11, ls="--", label="Pareto front"))
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    handles.append(
+        Line2D([], [], color="gray", marker=r"$\uparrow$", ms=10, ls="", label=_wrap(CENSORED_LABEL, 22))
+    )
+    fig.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(0.845, 1 - 0.8 / height), fontsize=8, frameon=False
+    )
     failed = len(rows) - len(done)
-    fig.suptitle(f"{len(rows)} jobs ({failed} failed): cost against latency, Pareto front of each scenario")
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.suptitle(f"{len(rows)} jobs ({failed} failed): cost against latency, and the objective")
+    _place_numbers(fig, numbered)
+    return fig
 
 
 def _plot_group(
     ax: Any,
     group: list[dict[str, Any]],
-    latency: str,
-    front: str,
+    columns: tuple[str, str, str],
     color: Any,
     markers: Mapping[str, str],
     varying: set[str],
 ) -> None:
-    """One scenario's points (shape by swept setting) and its Pareto front as a dashed staircase."""
+    """One scenario's points (shape by swept setting; censored ones hollow with an arrow up) and its
+    Pareto front as a dashed staircase."""
+    latency, front, censor = columns
     xs = [float(r["checks_spent"]) for r in group]
     ys = [float(r[latency]) for r in group]
     for x, y, row in zip(xs, ys, group, strict=True):
-        ax.scatter([x], [y], color=color, marker=markers.get(label(row, varying), "o"), s=34, zorder=3)
-        if not markers:
-            ax.annotate(str(row["job"]), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        marker = markers.get(label(row, varying), "o")
+        if row.get(censor):
+            ax.scatter(
+                [x],
+                [y],
+                marker=marker,
+                s=40,
+                facecolors="none",
+                edgecolors=[color],
+                zorder=3,
+                gid=CENSORED_GID,
+            )
+            ax.annotate(
+                "", xy=(x, y), xytext=(0, 16), textcoords="offset points",
+                arrowprops={"arrowstyle": "<|-", "color": color, "lw": 1.0, "shrinkA": 0, "shrinkB": 5},
+                annotation_clip=False, gid=CENSORED_GID,
+            )  # fmt: skip
+        else:
+            ax.scatter([x], [y], color=color, marker=marker, s=34, zorder=3)
     on_front = sorted((x, y) for x, y, r in zip(xs, ys, group, strict=True) if r[front])
     if on_front:
         px, py = zip(*on_front, strict=True)
@@ -376,6 +458,162 @@ def _plot_group(
             px, py, color=color, linewidth=1.0, linestyle="--", alpha=0.7, drawstyle="steps-post", zorder=2
         )
         ax.scatter(px, py, s=150, facecolors="none", edgecolors=color, zorder=4)
+
+
+def _objective_heatmap(
+    ax: Any,
+    done: Sequence[Mapping[str, Any]],
+    axes: tuple[list[str], list[str]],
+    varying: set[str],
+    transpose: bool,
+) -> None:
+    """Objective per scenario and swept setting: color by the ratio to the scenario's best
+    (objectives of different scenarios are not comparable), the value written in each cell, a
+    `>=` where a latency in it is censored, each scenario's best framed. Scenarios are rows, or
+    columns when `transpose` (many settings: one row each keeps every label readable)."""
+    scenarios, labels = axes
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    cells: dict[tuple[int, int], list[float]] = {}
+    censored: set[tuple[int, int]] = set()
+    for row in done:
+        if row.get("objective") is None or str(row["scenario"]) not in scenarios:
+            continue
+        key = (scenarios.index(str(row["scenario"])), labels.index(label(row, varying)))
+        cells.setdefault(key, []).append(float(row["objective"]))
+        if row.get("undetected_episodes") or row.get("unrecovered_repairs"):
+            censored.add(key)
+    ratio = np.full((len(scenarios), len(labels)), np.nan)
+    for (i, j), values in cells.items():
+        ratio[i, j] = sum(values) / len(values)
+    values_grid = ratio.copy()
+    for i in range(len(scenarios)):
+        finite = [v for v in values_grid[i] if np.isfinite(v)]
+        best = min(finite) if finite else None
+        if best is not None:
+            ratio[i] = values_grid[i] / best if best > 0 else np.where(values_grid[i] == best, 1.0, 2.0)
+    shown = ratio.T if transpose else ratio
+    image = ax.imshow(
+        np.clip(shown, 1.0, 3.0), cmap="viridis_r", vmin=1.0, vmax=3.0, aspect="auto", gid=HEATMAP_GID
+    )
+    for i, j in cells:
+        text = ("\u2265" if (i, j) in censored else "") + _short(values_grid[i, j])
+        shade = "white" if ratio[i, j] >= 2.0 else "black"
+        x, y = (i, j) if transpose else (j, i)
+        ax.text(x, y, text, ha="center", va="center", fontsize=8, color=shade)
+        if ratio[i, j] == 1.0:
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+    if transpose:
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(scenarios)), scenarios, fontsize=8)
+    else:
+        ax.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
+        ax.set_xticks(range(len(labels)), [_wrap(t, 22) for t in labels], fontsize=8)
+    ax.set_title("objective (lower is better; color: x the scenario's best, framed: best)", fontsize=10)
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01, aspect=12)
+    bar.set_label("x the best (3: 3x or worse)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def _audit_figure(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """Plain audits: pass ratio, checks spent and failed checks per job, one horizontal bar each.
+
+    Horizontal, so that each job's overrides are a readable label of their own line (wrapped),
+    however many jobs there are; a failed job is named with `failed` instead of a bar.
+    """
+    varying = varying_overrides(rows)
+    names = [_wrap(f"job {row['job']}: {label(row, varying)}", 34) for row in rows]
+    lines = max(1, max(name.count("\n") + 1 for name in names))
+    fig, axes = plt.subplots(
+        1, 3, figsize=(14.0, 1.6 + 0.28 * lines * len(rows) + 0.2 * len(rows)), sharey=True
+    )
+    panels = (
+        ("pass_ratio", "pass ratio (higher is better)"),
+        ("checks_spent", "checks spent"),
+        ("failed_checks", "failed checks"),
+    )
+    positions = list(range(len(rows)))
+    for ax, (column, title) in zip(axes, panels, strict=True):
+        measured = [r["status"] == "completed" and r.get(column) is not None for r in rows]
+        values = [float(r[column]) if ok else 0.0 for r, ok in zip(rows, measured, strict=True)]
+        ax.barh(positions, values, color="tab:blue", height=0.6)
+        top = max(values, default=0.0) or 1.0
+        for y, (row, ok, v) in enumerate(zip(rows, measured, values, strict=True)):
+            note = f"{v:.2%}" if column == "pass_ratio" and ok else (_cell(row[column]) if ok else None)
+            if note is None:
+                note = "failed" if row["status"] != "completed" else "n/a"
+            ax.text(v + top * 0.01, y, note, va="center", fontsize=7)
+        ax.set_xlim(0, (1.0 if column == "pass_ratio" else top) * 1.18)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(positions, names, fontsize=7)
+    axes[0].invert_yaxis()  # job 0 on top, as in the table
+    failed = sum(1 for r in rows if r["status"] != "completed")
+    fig.suptitle(f"{len(rows)} audit jobs ({failed} failed): no scenario, so no latencies; per job")
+    fig.tight_layout()
+    return fig
+
+
+def _failed_figure(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """Nothing completed: say which jobs failed and why, rather than draw empty axes."""
+    fig = plt.figure(figsize=(10, 1.5 + 0.3 * max(1, len(rows))))
+    lines = [f"job {r['job']}: {_wrap(str(r['error'] or 'no error recorded'), 110)}" for r in rows[:30]]
+    body = "\n".join(lines) if lines else "no job records found in the sweep dir"
+    fig.text(0.02, 0.95, f"{len(rows)} jobs, none completed:", fontsize=11, va="top")
+    fig.text(0.02, 0.85, body, fontsize=8, va="top", family="monospace")
+    return fig
+
+
+def _place_numbers(fig: Any, points: Sequence[tuple[Any, float, float, str]]) -> None:
+    """Annotate points with job numbers where they overlap no other text (greedy; else skipped)."""
+    if not points:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    taken = [t.get_window_extent(renderer) for t in fig.findobj(_is_text) if t.get_text().strip()]
+    for ax, x, y, text in points:
+        for offset in _LABEL_OFFSETS:
+            note = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7)
+            box = note.get_window_extent(renderer).expanded(1.05, 1.1)
+            inside = ax.get_window_extent(renderer).fully_overlaps(box)
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            note.remove()
+
+
+def _is_text(artist: Any) -> bool:
+    from matplotlib.text import Text
+
+    return isinstance(artist, Text) and artist.get_visible()
+
+
+def _wrap(text: str, width: int) -> str:
+    """Wrap at spaces; an override longer than a line is broken after its `=` (key, then value)."""
+    import textwrap
+
+    words = []
+    for word in text.split():
+        key, eq, value = word.partition("=")
+        words += [key + eq, value] if eq and value and len(word) > width else [word]
+    lines = textwrap.wrap(" ".join(words), width, break_long_words=True, break_on_hyphens=False)
+    return "\n".join(lines) or text
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key that orders `x=200` before `x=1000`."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _short(value: float) -> str:
+    """A compact number for a heatmap cell: 950, 22.6k, 1.2M."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
 
 
 # ---------------------------------------------------------------------- the printed table
@@ -394,13 +632,19 @@ def _cell(value: Any) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A fixed-width table for the terminal: one line per job, failed jobs with their error."""
     varying = varying_overrides(rows)
-    headers = ("job", "status", "scenario", "sweep", "checks", "detect_ms", "undet", "recover_ms")
+    headers = ("job", "status", "scenario", "sweep", "checks", "pass", "detect_ms", "undet", "recover_ms")
     headers += ("known_bad", "skipped", "objective", "front")
     lines = []
     for row in rows:
         front = ("D" if row["pareto_detection"] else "") + ("R" if row["pareto_recovery"] else "")
         cells = (row["job"], row["status"], row["scenario"], label(row, varying), row["checks_spent"])
-        cells += (row["detection_latency_ms"], row["undetected_episodes"], row["recovery_latency_ms"])
+        ratio = row.get("pass_ratio")
+        cells += (
+            f"{ratio:.1%}" if isinstance(ratio, int | float) else None,
+            row["detection_latency_ms"],
+            row["undetected_episodes"],
+            row["recovery_latency_ms"],
+        )
         cells += (row["checks_known_bad"], row["rounds_skipped_by_backoff"], row["objective"], front)
         lines.append([_cell(c) for c in cells])
     widths = [

@@ -37,6 +37,7 @@ from .models import (
 # the sibling's dotted key, so the message names both keys wherever the model is nested.
 CROSS_FIELD_TEMPLATES: dict[str, str] = {
     "not_below_sibling": "must be >= {sibling} ({value} < {sibling_value})",
+    "below_sibling": "must be < {sibling} ({value} >= {sibling_value})",
     "needs_wall_clock": "0 (run until stopped) needs {sibling}=wall (got {sibling_value})",
     "clock_overflow": "the virtual clock would pass i64 max: {sibling} + tick_ms * rounds > {limit}",
 }
@@ -124,6 +125,9 @@ class ProbeSettings(_Settings):
         "Cached chunk digests (and a persisted listing) are trusted for at most this long after the "
         "full verify that built them (i64 >= 0, ms of wall time; 0: no bound).",
     )
+    max_bytes_per_s: int = _i64(
+        0, "Wall clock: bytes a round may read per second, paced between rounds (i64 >= 0; 0: no limit)."
+    )
 
 
 class RuntimeSettings(_Settings):
@@ -147,13 +151,35 @@ class RuntimeSettings(_Settings):
     progress: Literal["auto", "always", "never"] = Field(
         "auto", description="Progress display: auto (on a terminal), always or never."
     )
+    tick_jitter_ms: int = _i64(
+        0, "Wall clock: each tick is tick_ms plus a uniform offset within +-tick_jitter_ms (< tick_ms)."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)."
+    )
+    metrics_textfile: str | None = Field(
+        None, min_length=1, description="Write metrics in node_exporter's textfile format here (atomically)."
+    )
 
-    @field_validator("world_id", "node_id", "storage_root", "state_path")
+    @field_validator("world_id", "node_id", "storage_root", "state_path", "metrics_textfile")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         """Upstream refuses an empty world/node id; an empty path is a mistake, not 'the default'."""
         if value is not None and not value.strip():
             raise PydanticCustomError("blank", "must not be empty")
+        return value
+
+    @field_validator("tick_jitter_ms")
+    @classmethod
+    def _jitter_below_tick(cls, value: int, info: ValidationInfo) -> int:
+        """A jitter of a whole tick could make an interval zero or negative."""
+        tick = info.data.get("tick_ms")
+        if tick is not None and value >= tick:
+            raise PydanticCustomError(
+                "below_sibling",
+                "must be < tick_ms ({value} >= {sibling_value})",
+                {"sibling": "tick_ms", "value": value, "sibling_value": tick},
+            )
         return value
 
     @field_validator("rounds")

@@ -161,6 +161,7 @@ def test_runtime_wall_runs_until_stopped() -> None:
 def test_runtime_keys_match_the_architecture() -> None:
     expected = {"world_id", "node_id", "storage_root", "state_path", "clock", "start_unix_ms", "tick_ms"}
     expected |= {"rounds", "epoch_rounds", "progress"}
+    expected |= {"tick_jitter_ms", "metrics_port", "metrics_textfile"}  # operations (issue 9)
     assert set(RuntimeSettings.model_fields) == expected
 
 
@@ -168,6 +169,7 @@ def test_probe_keys_match_the_architecture() -> None:
     expected = {"max_sample_bytes", "challenges_per_tick", "challenge_ttl_ms", "allowed_clock_skew_ms"}
     expected |= {"verify_mode", "chunk_size_bytes", "chunk_cache_dir", "full_verify_every"}
     expected |= {"full_verify_interval_ms"}
+    expected |= {"max_bytes_per_s"}  # pacing (issue 9)
     assert set(ProbeSettings.model_fields) == expected
 
 

@@ -261,3 +261,47 @@ def test_a_default_cache_inside_the_store_is_refused(tmp_path: Path, monkeypatch
     with pytest.raises(UsageError, match=r"probe\.chunk_cache_dir .* is inside the audited store"):
         run_audit(settings, tmp_path / "run")
     assert not (store.root / "cache").exists()
+
+
+# --- the per-blob book ------------------------------------------------------------------------------
+
+
+def report_of(record: dict[str, Any]) -> RoundReport:
+    """The parts of a logged round that the book folds (what was checked, what failed)."""
+    from distfs_pipeline.models import CheckFailure, FailureReason
+
+    failures = [
+        CheckFailure(f["content_hash"], FailureReason(f["reason"]), f.get("error", ""))
+        for f in record["failures"]
+    ]
+    return RoundReport(
+        node_id=record["node_id"],
+        world_id=record["world_id"],
+        observed_at_unix_ms=record["observed_at_unix_ms"],
+        checked_hashes=record["checked_hashes"],
+        failures=failures,
+    )
+
+
+def test_the_blob_book_is_durable_beside_the_state_and_survives_a_lost_snapshot(tmp_path: Path) -> None:
+    """The book folds every round's checks; recovery = snapshot + the logged changes after it."""
+    from distfs_pipeline import blobs
+    from distfs_pipeline.state import book_path, load_book
+
+    store = small_store(tmp_path / "store")
+    state = tmp_path / "state.json"
+    settings = make_settings(storage_root=str(store), state_path=str(state), rounds=4)
+    before = tree(store)
+    run_audit(settings, tmp_path / "run1")
+    expected: dict[str, blobs.BlobRecord] = {}
+    for record in read_jsonl(tmp_path / "run1" / "rounds.jsonl"):
+        expected.update(blobs.apply_report(expected, report_of(record)))
+    assert expected and load_book(state) == expected
+    assert book_path(state).exists() and tree(store) == before  # beside the state, never in the store
+    assert set(json.loads(state.read_text())) == set(load_state(state).to_dict())  # 14 keys only
+    book_path(state).unlink()  # as if killed before the end-of-run snapshot
+    run_audit(settings, tmp_path / "run2")
+    for record in read_jsonl(tmp_path / "run2" / "rounds.jsonl"):
+        expected.update(blobs.apply_report(expected, report_of(record)))
+    assert load_book(state) == expected
+    assert sum(r.checks for r in expected.values()) == load_state(state).cumulative_total_checks

@@ -148,3 +148,164 @@ def test_command_line_mistakes_are_one_line(argv: list[str], capsys: pytest.Capt
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("python -m distfs_pipeline.sweep: error: ")
+
+
+# ---------------------------------------------------------------------- the figure
+
+
+def drawn_texts(fig: Any) -> list[tuple[str, Any]]:
+    """(text, display bbox) of every text the figure draws: tick labels inside the view limits
+    (matplotlib keeps some outside, undrawn), titles, labels, legend entries, annotations."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ticks: set[int] = set()
+    shown: list[Any] = []
+    for ax in fig.axes:
+        for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            low, high = sorted(limits)
+            for tick in axis.get_major_ticks():
+                ticks |= {id(tick.label1), id(tick.label2)}
+                label = tick.label1
+                if low - 1e-9 <= tick.get_loc() <= high + 1e-9 and label.get_visible() and label.get_text():
+                    shown.append(label)
+    shown += [t for t in fig.findobj(Text) if id(t) not in ticks and t.get_visible() and t.get_text().strip()]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in shown]
+
+
+def assert_no_overlap(fig: Any) -> None:
+    import itertools
+
+    boxes = drawn_texts(fig)
+    clashes = [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)]
+    assert not clashes, clashes[:5]
+
+
+def scatter_points(ax: Any) -> int:
+    return sum(len(c.get_offsets()) for c in ax.collections)
+
+
+def full_row(job_num: int, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in (*sweep.ID_COLUMNS, *sweep.METRIC_COLUMNS)}
+    row |= {c: False for c in sweep.FRONT_COLUMNS} | {"job": job_num, "status": "completed", "error": None}
+    return row | values
+
+
+def study_rows(settings: int) -> list[dict[str, Any]]:
+    rows = []
+    for num in range(2 * settings):
+        scenario = ("bit_rot", "lost_blob")[num % 2]
+        rows.append(
+            full_row(
+                num,
+                scenario=scenario,
+                overrides=f"scenario={scenario} policy.backoff_base_ms={100 * (num // 2)}",
+                checks_spent=200 + num % 5,
+                detection_latency_ms=2000.0 + num % 3,
+                recovery_latency_ms=3000.0 + num % 4,
+                objective=5000.0 + num,
+                undetected_episodes=1 if num == 3 else 0,
+                unrecovered_repairs=1 if num == 4 else 0,
+            )
+        )
+    sweep.mark_fronts(rows)
+    return rows
+
+
+@pytest.mark.parametrize("settings", [3, 14], ids=["marker-per-setting", "numbered-points"])
+def test_study_figure_has_points_censored_markers_and_the_objective_heatmap(settings: int) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = study_rows(settings)
+    fig = sweep.build_figure(rows)
+    try:
+        detection, recovery, heatmap = fig.axes[0], fig.axes[1], fig.axes[2]
+        censored = [a for a in fig.findobj() if a.get_gid() == sweep.CENSORED_GID]
+        assert len([a for a in censored if a.axes is detection]) == 2  # job 3: hollow marker + arrow
+        assert len([a for a in censored if a.axes is recovery]) == 2  # job 4
+        assert scatter_points(detection) >= len(rows) and scatter_points(recovery) >= len(rows)
+        [image] = [a for a in heatmap.get_images() if a.get_gid() == sweep.HEATMAP_GID]
+        grid = image.get_array()
+        assert grid.shape == ((2, settings) if settings <= 10 else (settings, 2))
+        assert grid.min() == 1.0  # each scenario's best is at 1x
+        cells = [t.get_text() for t in heatmap.texts]
+        assert any(c.startswith("\u2265") for c in cells)  # a censored objective is a lower bound
+        if settings > 10:  # too many shapes: points carry job numbers, placed without overlap
+            numbers = {t.get_text() for ax in (detection, recovery) for t in ax.texts}
+            assert len(numbers) > settings
+        assert_no_overlap(fig)
+    finally:
+        plt.close(fig)
+
+
+def test_plain_audit_figure_plots_pass_ratio_checks_and_failures_per_job() -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [
+        full_row(n, scenario="none", overrides=f"policy={p} probe.challenges_per_tick={c}",
+                 checks_spent=300 * c, failed_checks=3 * n, pass_ratio=1 - 0.01 * n, rounds=300)
+        for n, (p, c) in enumerate([("default", 1), ("steady", 4), ("thrifty", 16)])
+    ]  # fmt: skip
+    rows.append(full_row(3, status="failed", overrides="policy=broken", error="boom"))
+    fig = sweep.build_figure(rows)
+    try:
+        ratio, checks, failures = fig.axes
+        assert [p.get_width() for p in ratio.patches] == [1.0, 0.99, 0.98, 0.0]
+        assert [p.get_width() for p in checks.patches] == [300, 1200, 4800, 0.0]
+        assert [p.get_width() for p in failures.patches] == [0, 3, 6, 0.0]
+        assert "failed" in [t.get_text() for t in checks.texts]
+        assert_no_overlap(fig)
+    finally:
+        plt.close(fig)
+
+
+def test_a_sweep_where_every_job_failed_says_why_in_the_figure() -> None:
+    import matplotlib.pyplot as plt
+
+    fig = sweep.build_figure([full_row(0, status="failed", error="UsageError: runtime.x: bad")])
+    try:
+        assert any("runtime.x: bad" in t.get_text() for t in fig.texts)
+    finally:
+        plt.close(fig)
+
+
+def test_audit_jobs_get_their_pass_ratio_from_the_run_summary(tmp_path: Path) -> None:
+    job_dir = tmp_path / "0"
+    job_dir.mkdir()
+    (job_dir / "summary.json").write_text(json.dumps({"checks_spent": 20, "pass_ratio": 0.95, "rounds": 20}))
+    assert sweep._audit_metrics(job_dir)["pass_ratio"] == 0.95
+    row = full_row(0, scenario="none", overrides="policy=steady", checks_spent=20, pass_ratio=0.95)
+    assert "95.0%" in sweep.format_table([row]).splitlines()[1]
+
+
+def test_a_single_study_job_prints_its_study_metrics(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "distfs_pipeline", "scenario=lost_blob", "runtime.rounds=60",
+         "scenario.faults.0.at_round=5", "scenario.faults.0.repair_at_round=30",
+         f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(root), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    study = done.stdout[done.stdout.index("distfs_pipeline study: scenario lost_blob") :]
+    result = json.loads((tmp_path / "run" / sweep.RESULT_FILE).read_text())
+    assert f"detection  {result['metrics']['detection_latency_ms']:.0f} ms" in study
+    assert "recovery" in study and f"objective  {result['objective']:.0f} = detection_latency_ms" in study
+
+
+def test_a_censored_latency_is_printed_as_a_lower_bound() -> None:
+    from distfs_pipeline.study import StudyMetrics, format_study
+
+    metrics = StudyMetrics(fault_episodes=1, undetected_episodes=1, detection_latency_ms=20000.0)
+    metrics.detection_latency_rounds = 100.0
+    record = {"scenario": "bit_rot", "metrics": metrics.scalars(), "objective": 20000.0}
+    record["objective_formula"] = "detection_latency_ms"
+    text = format_study(record)
+    assert ">= 20000 ms (>= 100.0 rounds)" in text and "1 of 1 fault(s) not noticed" in text
+    assert "recovery   - (nothing to measure)" in text
