@@ -40,8 +40,9 @@ from distfs_pipeline.store import LocalCasStore, blake3_hex
 BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench"))
 SMALL, BIG = 1_000, 100_000
 TARGET_RATIO = 1.5
-# Bump when what `put` leaves on disk changes, so cached stores are rebuilt (2: index snapshot).
-STORE_FORMAT = 2
+# Bump when what `put` leaves on disk changes, so cached stores are rebuilt (2: index snapshot,
+# 3: its header holds damage counts).
+STORE_FORMAT = 3
 START_MS, TICK_MS = 1_700_000_000_000, 1_000
 
 

@@ -127,7 +127,7 @@ def run_app(root: Path, cache: Path, work: Path, no_rewardable: bool) -> tuple[f
         f"runtime.storage_root={root}",
         f"runtime.rounds={ROUNDS}",
         f"runtime.state_path={state}",
-        "runtime.progress=off",
+        "runtime.progress=never",
         f"probe.chunk_cache_dir={cache}",
         f"hydra.run.dir={run_dir}",
     ]
