@@ -39,6 +39,7 @@ import blake3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distfs_pipeline.index import INDEX_FILE, MustHoldIndex
+from distfs_pipeline.packed import PackedHashes
 
 BENCH_ROOT = Path(os.environ.get("DISTFS_SCALE_DIR", "/work/bench-stores"))
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +132,8 @@ def run_app(root: Path, cache: Path, work: Path, no_rewardable: bool) -> tuple[f
         f"probe.chunk_cache_dir={cache}",
         f"hydra.run.dir={run_dir}",
     ]
-    head = [sys.executable, "-c", _NO_REWARDABLE] if no_rewardable else [sys.executable, "-m", "distfs_pipeline"]
+    app = ["-c", _NO_REWARDABLE] if no_rewardable else ["-m", "distfs_pipeline"]
+    head = [sys.executable, *app]
     env = {**os.environ, "PYTHONPATH": os.fspath(REPO)}
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -149,8 +151,6 @@ def run_app(root: Path, cache: Path, work: Path, no_rewardable: bool) -> tuple[f
 
 def representation_mib_per_100k(n: int = 100_000) -> tuple[float, float]:
     """(packed, tuple of str) MiB for `n` lowercase-hex BLAKE3 hashes, measured with tracemalloc."""
-    from distfs_pipeline.packed import PackedHashes  # noqa: PLC0415 - the store builders do not need it
-
     hexes = sorted(blake3.blake3(blob_bytes(i)).hexdigest() for i in range(n))
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
