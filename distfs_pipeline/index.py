@@ -53,13 +53,14 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
+from itertools import islice, pairwise
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -348,10 +349,11 @@ class MustHoldIndex:
             base = cached
         elif len(log) >= _SNAPSHOT_MIN_BYTES:
             base = self._load_snapshot(partial(_bytes_line_prefix_digest, log))
-        loaded = _parse_log(log, base, complete)
+        save = self.cache_path is not None and after.st_size == len(log)
+        loaded = _parse_log(log, base, complete, digest=save)
         cache.ino = after.st_ino
         cache.hashes, cache.damage, cache.consumed = loaded.hashes, loaded.damage, loaded.consumed
-        if self.cache_path is not None and after.st_size == len(log):
+        if save:
             self._save_cache(after, loaded)
 
     def _load_snapshot(self, log_prefix_digest: Callable[[int], bytes | None]) -> _Loaded | None:
@@ -453,8 +455,9 @@ class _Stale(_Loaded):
     """A packed cache that does not vouch for the log on `stat` alone (see `_load_cache`)."""
 
 
-def _parse_log(log: bytes, base: _Loaded | None, complete: int) -> _Loaded:
-    """The candidates of `log[:complete]`: `base` (a sound cache of a prefix) plus the rest."""
+def _parse_log(log: bytes, base: _Loaded | None, complete: int, digest: bool = False) -> _Loaded:
+    """The candidates of `log[:complete]`: `base` (a sound cache of a prefix) plus the rest, and
+    (if `digest`: only a cache to be written needs it) the BLAKE3 of `log[:complete]`."""
     start = base.consumed if base is not None else 0
     hashes, _, damaged = _parse_index_lines(log[start:complete])
     found = [*hashes, *_kept(damaged)]
@@ -463,8 +466,10 @@ def _parse_log(log: bytes, base: _Loaded | None, complete: int) -> _Loaded:
         packed = PackedHashes.from_unsorted(found)
     else:
         packed, damage = base.hashes.merged(found, _INSORT_MAX), base.damage.plus(damage)
-    digest = blake3.blake3(memoryview(log)[:complete], max_threads=blake3.blake3.AUTO).digest()
-    return _Loaded(packed, damage, complete, digest)
+    prefix = (
+        blake3.blake3(memoryview(log)[:complete], max_threads=blake3.blake3.AUTO).digest() if digest else b""
+    )
+    return _Loaded(packed, damage, complete, prefix)
 
 
 def _kept(damaged: list[tuple[int, str]]) -> list[str]:
@@ -659,7 +664,7 @@ def _snapshot_hashes(raw: bytes, count: int) -> PackedHashes | None:
     if section[-1] != ord("\n"):
         return None
     if len(section) == 65 * count and bytes(section[64::65]) == b"\n" * count:
-        hex_text = bytes(section).replace(b"\n", b"")
+        hex_text = raw[_SNAPSHOT_HEADER.size : -_DIGEST].replace(b"\n", b"")
         if not hex_text.translate(None, b"0123456789abcdef"):
             digests = bytes.fromhex(hex_text.decode("ascii"))
             return PackedHashes(digests) if _strictly_increasing(digests) else None
@@ -683,7 +688,6 @@ def _snapshot_hashes(raw: bytes, count: int) -> PackedHashes | None:
 
 
 def _strictly_increasing(digests: bytes) -> bool:
-    """Whether packed 32-byte digests are sorted and unique (one pass over 32-byte slices)."""
-    view = memoryview(digests)
-    items = [view[i : i + _DIGEST].tobytes() for i in range(0, len(digests), _DIGEST)]
-    return all(a < b for a, b in pairwise(items))
+    """Whether packed 32-byte digests are sorted and unique (one C-level pass over their slices)."""
+    items = [digests[i : i + _DIGEST] for i in range(0, len(digests), _DIGEST)]
+    return all(map(operator.lt, items, islice(items, 1, None)))

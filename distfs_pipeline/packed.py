@@ -106,24 +106,29 @@ class PackedHashes(Sequence[str]):
         in: one bisection each, then one copy of the buffer. Many (a long tail) are merged by
         rebuilding, which sorts once.
         """
-        fresh = sorted({h for h in hashes if h not in self})
-        if not fresh:
-            return self
-        if len(fresh) > max(splice_max, len(self) // 8):
-            return PackedHashes.from_unsorted([*self, *fresh])
-        plain = [h for h in fresh if packable(h)]
+        new = set(hashes)
+        plain = sorted(h for h in new if packable(h))
+        odd = sorted(h for h in new.difference(plain) if h not in self._odd_set())
+        if len(plain) > max(splice_max, self._hex_count // 8):
+            rebuilt = PackedHashes.from_unsorted([*self, *new])
+            return self if len(rebuilt) == len(self) else rebuilt
+        digests = bytes(self._digests)  # slices of `bytes` compare without a copy per probe
+        view = memoryview(digests)
         pieces: list[bytes | memoryview] = []
-        view = memoryview(self._digests)
         done = 0
-        for content_hash in plain:
+        for content_hash in plain:  # sorted: each search starts where the last one ended
             digest = bytes.fromhex(content_hash)
-            at = self._bisect_digest(digest)
+            at = _bisect(digests, digest, done, self._hex_count)
+            if digests[at * DIGEST : (at + 1) * DIGEST] == digest:
+                continue  # known
             pieces += [view[done * DIGEST : at * DIGEST], digest]
             done = at
-        pieces.append(view[done * DIGEST :])
-        digests = b"".join(pieces) if plain else self._digests
-        odd = tuple(sorted({*self._odd, *(h for h in fresh if not packable(h))}))
-        return PackedHashes(digests, odd)
+        if not pieces and not odd:
+            return self
+        if pieces:
+            pieces.append(view[done * DIGEST :])
+            digests = b"".join(pieces)
+        return PackedHashes(digests, tuple(sorted({*self._odd, *odd})))
 
     # ------------------------------------------------------------------ Sequence
 
@@ -249,6 +254,9 @@ class PackedHashes(Sequence[str]):
 
     # ------------------------------------------------------------------ internals
 
+    def _odd_set(self) -> frozenset[str]:
+        return frozenset(self._odd)
+
     def _digest_bytes(self, index: int) -> bytes:
         return bytes(self._digests[index * DIGEST : (index + 1) * DIGEST])
 
@@ -257,7 +265,9 @@ class PackedHashes(Sequence[str]):
 
     def _bisect_digest(self, digest: bytes) -> int:
         """Where `digest` is or would go among the packed digests."""
-        low, high = 0, self._hex_count
+        if isinstance(self._digests, bytes):
+            return _bisect(self._digests, digest, 0, self._hex_count)
+        low, high = 0, self._hex_count  # a view of a cache file: one small copy per probe
         while low < high:
             mid = (low + high) // 2
             if self._digest_bytes(mid) < digest:
@@ -280,3 +290,14 @@ class PackedHashes(Sequence[str]):
     def _positions(self, odd: tuple[str, ...]) -> list[int]:
         """Each odd name's index in the merged order: packed hashes before it, plus odd ones."""
         return [self._bisect_hex_text(name) + k for k, name in enumerate(odd)]
+
+
+def _bisect(digests: bytes, digest: bytes, low: int, high: int) -> int:
+    """`bisect_left` of `digest` among the 32-byte records `low..high` of `digests`."""
+    while low < high:
+        mid = (low + high) // 2
+        if digests[mid * DIGEST : mid * DIGEST + DIGEST] < digest:
+            low = mid + 1
+        else:
+            high = mid
+    return low
