@@ -5,14 +5,20 @@ upstream's hash rule is a path-safety rule; `path_exists` is Rust's `Path::exist
 error mapping turns; new files are created exclusively and removed if they cannot be written; every
 `OSError` becomes one `Io` that names the action and the path. A module of its own so that the store
 and the index can share these without importing each other.
+
+Reading our own files back (the index, its snapshots, the listing cache) goes through `read_own`:
+`safefile.open_read` (no symlink at the last component, never blocks on a FIFO, regular files only),
+a size cap, and one buffer of the file's size rather than a list of pieces joined afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
+from . import safefile
 from .errors import BlobHashInvalid, Io
 
 
@@ -57,3 +63,40 @@ def remove_quietly(path: Path) -> None:
     """Unlink `path` if it is there (cleanup of a temp file: a failure changes nothing)."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def read_own(path: Path | str, cap: int, offset: int = 0) -> tuple[bytes, os.stat_result]:
+    """Bytes `offset..end` of a regular file of ours and its `fstat` after the read.
+
+    Refused (an `OSError` naming the file) when it is a link, FIFO, device or directory, or when it
+    holds more than `cap` bytes. Compare the returned `st_size` with `offset + len(data)` to tell
+    whether the file changed while it was read.
+    """
+    fd, st = safefile.open_read(path)
+    try:
+        if st.st_size > cap:
+            raise OSError(errno.EFBIG, f"larger than the {cap} bytes allowed", str(path))
+        want = max(st.st_size - offset, 0)
+        data = os.pread(fd, want + 1, offset) if want < (1 << 30) else b""
+        if len(data) <= want:  # short read (or a huge file): finish in pieces, capped
+            pieces, at = [data], offset + len(data)
+            while piece := os.pread(fd, 1 << 24, at):
+                pieces.append(piece)
+                at += len(piece)
+                if at > cap:
+                    raise OSError(errno.EFBIG, f"larger than the {cap} bytes allowed", str(path))
+            data = b"".join(pieces)
+        if offset + len(data) > cap:
+            raise OSError(errno.EFBIG, f"larger than the {cap} bytes allowed", str(path))
+        return data, os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def escaped_name(path: str) -> str:
+    """A file name an operator can type back: non-UTF-8 bytes as `\\xNN`, control characters escaped.
+
+    Python's `ascii()`-style escaping of the raw bytes, without the quotes (`b'...'`).
+    """
+    raw = os.fsencode(path)
+    return repr(raw)[2:-1]

@@ -425,9 +425,18 @@ def _metrics(settings: Settings, store: LocalCasStore) -> Any:
 
 
 def _warn_if_empty(store: LocalCasStore) -> None:
-    """An empty store proves nothing: say so loudly (upstream would write a seed blob into it)."""
+    """An empty store proves nothing: say so loudly (upstream would write a seed blob into it).
+
+    Damaged lines of the must-hold index are said here too (each run, while they are there): a
+    line that names no blob may hide one from the audit (issue 8). Costs nothing per blob: the
+    candidates are loaded (or cached) for the rounds anyway, and the blob files are listed only
+    when the index is empty.
+    """
     try:
         empty = len(store.candidates()) == 0
+        damage = store.index_damage()
+        if damage:
+            warn(f"store {store.root}: {damage.describe(store.index_path)}")
         what = "holds no blobs"
         if empty and store.has_index():
             listed = len(store.list_blob_hashes())

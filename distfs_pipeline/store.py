@@ -16,10 +16,15 @@ directory changes, so a round on an unchanged store costs a `stat`, not a direct
 The listing may also persist between processes, in `listing_cache_dir` (never inside the store,
 which is read-only to an audit): `listing-<BLAKE3 of the absolute root path, 16 hex>.bin`, a header
 (format version, the `blobs` dir's mtime_ns, inode and device, hash count, when it was listed, a
-BLAKE3 of the header fields and the body) and the sorted hashes joined by "\n". It is trusted only
-when the header matches the dir's current `stat`, the checksum verifies, and the listing was not
-racy (taken more than `_PERSISTED_RACY_WINDOW_NS`, 2 s, after the dir's mtime: any change after it
-moves the mtime on); a missing, damaged or stale file is ignored and the store listed as without it.
+BLAKE3 of the header fields and the body) and the sorted hashes, packed (`packed.PackedHashes`: 32
+bytes a hash, loaded in one read without per-entry objects). It is trusted only when the header
+matches the dir's current `stat`, the checksum verifies, the listing was not racy (taken more than
+`_PERSISTED_RACY_WINDOW_NS`, 2 s, after the dir's mtime: any change after it moves the mtime on), and
+it is younger than `cache_max_age_s` (default one hour): a directory's mtime can be set back, so no
+listing, persisted or in memory, vouches for the store for longer than that without a fresh scan.
+A missing, damaged, stale or aged file is ignored and the store listed as without it. The first
+listing after a change of `blobs/` is O(store) (a directory scan; nothing cheaper can prove it).
+The same dir holds the index's packed cache (`index-<same key>.bin`, see `index.py`).
 """
 
 from __future__ import annotations
@@ -32,16 +37,25 @@ import stat
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import blake3
 
-from . import codec
+from . import codec, safefile
 from .errors import BlobHashInvalid, BlobHashMismatch, BlobNotFound, DistributedValidationFailed, Io, Serde
-from .fileops import io_error, path_exists, remove_quietly, validate_hash, write_new_file
-from .index import MustHoldIndex
+from .fileops import (
+    escaped_name,
+    io_error,
+    path_exists,
+    read_own,
+    remove_quietly,
+    validate_hash,
+    write_new_file,
+)
+from .index import DEFAULT_MAX_AGE_S, IndexDamage, MustHoldIndex
+from .packed import PackedHashes
 
 BLOBS_DIR = "blobs"
 PINS_FILE = "pins.json"
@@ -61,10 +75,11 @@ _RACY_WINDOW_NS = 50_000_000
 _PERSISTED_RACY_WINDOW_NS = 2_000_000_000
 # The persisted listing (see the module docstring): these fields, a BLAKE3 of them and the body, the body.
 _LISTING_MAGIC = b"DFSLIST\0"
-_LISTING_VERSION = 1
+_LISTING_VERSION = 2  # 2: the body is `PackedHashes.to_bytes`
 _LISTING_FIELDS = struct.Struct("<8sIqQQQq")  # magic, version, mtime_ns, ino, dev, count, listed_at_ns
 _LISTING_DIGEST = 32
 _LISTING_HEADER_SIZE = _LISTING_FIELDS.size + _LISTING_DIGEST
+_LISTING_READ_CAP = 8 << 30  # the packed listing of about 250M blobs
 _LOG = logging.getLogger(__name__)
 
 
@@ -91,12 +106,13 @@ def require_regular_file(st: os.stat_result, path: Path | str) -> None:
 
 @dataclass
 class _ListingCache:
-    """The last upstream listing and the blobs-dir mtime it was taken at."""
+    """The last upstream listing, the blobs-dir mtime it was taken at, and when (wall clock ns)."""
 
     mtime_ns: int = -1
     ino: int = -1
     racy: bool = True
-    snapshot: tuple[str, ...] = ()
+    snapshot: PackedHashes = field(default_factory=PackedHashes)
+    listed_at_ns: int = -1
 
 
 class LocalCasStore:
@@ -112,35 +128,39 @@ class LocalCasStore:
         hash_algorithm: str = "blake3",
         listing_cache_dir: str | os.PathLike[str] | None = None,
         blob_format: str = "o7cblob1",
-        listing_max_age_ms: int | None = 7 * 24 * 3600 * 1000,
+        cache_max_age_s: float = DEFAULT_MAX_AGE_S,
     ) -> None:
-        """`listing_cache_dir`: where a plain store's listing persists between processes (None: it
-        does not). A directory inside the store is not used (a warning is logged); a missing one is
-        created on the first write; a failed write is a logged warning and changes nothing else.
+        """`listing_cache_dir`: where a plain store's listing and an indexed store's parsed index
+        persist between processes (None: they do not). A directory inside the store is not used (a
+        warning is logged); a missing one is created on the first write; a failed write is a logged
+        warning and changes nothing else.
 
         `blob_format`: what `put` writes, `o7cblob1` (today's nodes: compressed when that is shorter)
         or `raw` (the layout older nodes read). Reads accept both whatever this says.
 
-        `listing_max_age_ms`: a persisted listing older than this is not trusted (listed again), so a
-        cached listing cannot vouch indefinitely for a directory whose stat key happens to repeat
-        (default 7 days, as `probe.full_verify_interval_ms`; None: no bound)."""
+        `cache_max_age_s`: the longest a listing or a parsed index is trusted on `stat` alone (in
+        memory or persisted) before the store is scanned again, so a cache cannot vouch indefinitely
+        for a directory whose stat key happens to repeat (issue 8)."""
         if hash_algorithm not in HASH_ALGORITHMS:
             raise ValueError(f"hash_algorithm must be one of {HASH_ALGORITHMS}, got {hash_algorithm!r}")
         if blob_format not in BLOB_FORMATS:
             raise ValueError(f"blob_format must be one of {BLOB_FORMATS}, got {blob_format!r}")
         self.blob_format = blob_format
-        self.listing_max_age_ns = None if listing_max_age_ms is None else listing_max_age_ms * 1_000_000
         self.root = Path(root)
         self.blobs_dir = self.root / BLOBS_DIR
         self.pins_path = self.root / PINS_FILE
         self.files_index_path = self.root / FILES_INDEX_FILE
-        self.must_hold = MustHoldIndex(self.root)
+        self.listing_cache_path = _listing_cache_path(self.root, listing_cache_dir)
+        self.cache_max_age_ns = int(cache_max_age_s * 1e9)
+        index_cache = None
+        if self.listing_cache_path is not None:
+            index_cache = self.listing_cache_path.with_name("index-" + self.listing_cache_path.name[8:])
+        self.must_hold = MustHoldIndex(self.root, index_cache, cache_max_age_s)
         self.index_path = self.must_hold.path
         self.snapshot_path = self.must_hold.snapshot_path
         self.hash_algorithm = hash_algorithm
         self._blobs_prefix = os.path.join(os.fspath(self.blobs_dir), "")
         self._listing = _ListingCache()
-        self.listing_cache_path = _listing_cache_path(self.root, listing_cache_dir)
 
     # ------------------------------------------------------------------ hashing and paths
 
@@ -342,10 +362,15 @@ class LocalCasStore:
         """What a round may check: the index (sorted, deduped) if present, else the listing.
 
         Cached: an unchanged store costs one or two `stat` calls; an appended index costs only
-        parsing the new tail. The result is an immutable tuple, shared between calls.
+        parsing the new tail. The result is an immutable, packed `Sequence[str]`, shared between
+        calls (`packed.PackedHashes`).
         """
         held = self.must_hold.hashes()
         return held if held is not None else self._cached_listing()
+
+    def index_damage(self) -> IndexDamage:
+        """Damaged lines of the must-hold index as of the last `candidates()` (false when none)."""
+        return self.must_hold.damage()
 
     # ------------------------------------------------------------------ internals: writing
 
@@ -393,8 +418,9 @@ class LocalCasStore:
                 continue  # gone since the scan: it is not held, so nothing to record
             yield content_hash, size
 
-    def _cached_listing(self) -> tuple[str, ...]:
-        """Upstream listing, relisted only when the blobs dir changed (its mtime or inode).
+    def _cached_listing(self) -> PackedHashes:
+        """Upstream listing, relisted only when the blobs dir changed (its mtime or inode) or the
+        listing is older than `cache_max_age_ns`.
 
         Before listing, the persisted listing (if any) is tried; a listing that is not racy is
         persisted for the next process.
@@ -405,59 +431,60 @@ class LocalCasStore:
         except OSError:
             key, dev = (-1, -1), -1  # missing (or unreadable): let `list_blob_hashes` decide
         cache = self._listing
-        if not cache.racy and key == (cache.mtime_ns, cache.ino):
+        now = time.time_ns()
+        if (
+            not cache.racy
+            and key == (cache.mtime_ns, cache.ino)
+            and 0 <= now - cache.listed_at_ns <= self.cache_max_age_ns
+        ):
             return cache.snapshot
         persisted = self.listing_cache_path
         if persisted is not None and key[0] >= 0:
             loaded = self._load_persisted_listing(persisted, key[0], key[1], dev)
             if loaded is not None:
-                self._listing = _ListingCache(mtime_ns=key[0], ino=key[1], racy=False, snapshot=loaded)
-                return loaded
+                hashes, listed_at = loaded
+                self._listing = _ListingCache(key[0], key[1], False, hashes, listed_at)
+                return hashes
         listed_at = time.time_ns()
-        snapshot = tuple(self.list_blob_hashes())
+        snapshot = PackedHashes.from_sorted(self.list_blob_hashes())
         racy = key[0] < 0 or key[0] + _RACY_WINDOW_NS >= listed_at
-        self._listing = _ListingCache(mtime_ns=key[0], ino=key[1], racy=racy, snapshot=snapshot)
+        self._listing = _ListingCache(key[0], key[1], racy=racy, snapshot=snapshot, listed_at_ns=listed_at)
         if persisted is not None and key[0] + _PERSISTED_RACY_WINDOW_NS < listed_at:
             _save_persisted_listing(persisted, key[0], key[1], dev, listed_at, snapshot)
         return snapshot
 
     def _load_persisted_listing(
         self, path: Path, mtime_ns: int, ino: int, dev: int
-    ) -> tuple[str, ...] | None:
-        """The persisted listing if it is intact, not racy and of the dir as it is now; else None."""
+    ) -> tuple[PackedHashes, int] | None:
+        """(the persisted listing, when it was taken) if it is intact, not racy, not older than
+        `cache_max_age_ns` and of the dir as it is now; else None."""
         try:
-            with open(path, "rb") as handle:
-                header = handle.read(_LISTING_HEADER_SIZE)
-                if len(header) != _LISTING_HEADER_SIZE:
-                    return None
-                magic, version, *stat_key, count, listed_at = _LISTING_FIELDS.unpack_from(header)
-                if (magic, version) != (_LISTING_MAGIC, _LISTING_VERSION) or stat_key != [mtime_ns, ino, dev]:
-                    return None
-                if listed_at <= mtime_ns + _PERSISTED_RACY_WINDOW_NS:
-                    return None  # racy: a change in the same tick would not show in the mtime
-                now = time.time_ns()
-                too_old = self.listing_max_age_ns is not None and now - listed_at > self.listing_max_age_ns
-                if too_old or listed_at > now:
-                    return None  # bounded trust: relist at least once per interval (issue 8)
-                body = handle.read()
-        except (OSError, ValueError):
+            raw, _ = read_own(path, _LISTING_READ_CAP)
+        except OSError:
             return None
-        hasher = blake3.blake3(memoryview(header)[: _LISTING_FIELDS.size])
-        hasher.update(body)
-        if hasher.digest() != header[_LISTING_FIELDS.size :]:
+        if len(raw) < _LISTING_HEADER_SIZE:
             return None
-        try:
-            hashes = tuple(body.decode("utf-8").split("\n")) if body else ()
-        except UnicodeDecodeError:
+        magic, version, *stat_key, count, listed_at = _LISTING_FIELDS.unpack_from(raw)
+        if (magic, version) != (_LISTING_MAGIC, _LISTING_VERSION) or stat_key != [mtime_ns, ino, dev]:
             return None
-        if len(hashes) != count:
+        if listed_at <= mtime_ns + _PERSISTED_RACY_WINDOW_NS:
+            return None  # racy: a change in the same tick would not show in the mtime
+        if not 0 <= time.time_ns() - listed_at <= self.cache_max_age_ns:
+            return None  # aged (or from the future): only a fresh scan vouches for the dir now
+        view = memoryview(raw)
+        hasher = blake3.blake3(view[: _LISTING_FIELDS.size], max_threads=blake3.blake3.AUTO)
+        hasher.update(view[_LISTING_HEADER_SIZE:])
+        if hasher.digest() != view[_LISTING_FIELDS.size : _LISTING_HEADER_SIZE]:
+            return None
+        hashes = PackedHashes.from_bytes(view[_LISTING_HEADER_SIZE:])
+        if hashes is None or len(hashes) != count:
             return None
         # The listing would fail if the dir could no longer be opened (a chmod leaves the mtime).
         try:
             os.close(os.open(self.blobs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         except OSError:
             return None
-        return hashes
+        return hashes, listed_at
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -477,25 +504,23 @@ def _listing_cache_path(root: Path, cache_dir: str | os.PathLike[str] | None) ->
 
 
 def _save_persisted_listing(
-    path: Path, mtime_ns: int, ino: int, dev: int, listed_at: int, hashes: tuple[str, ...]
+    path: Path, mtime_ns: int, ino: int, dev: int, listed_at: int, hashes: Sequence[str]
 ) -> None:
-    """Write the listing atomically (temp + rename beside it); a failure is only a warning."""
-    body = "\n".join(hashes).encode("utf-8")
-    if hashes and body.count(b"\n") != len(hashes) - 1:
-        return  # a name holds a newline: the body could not be split back, so nothing is persisted
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    """Write the listing atomically (a unique temp + rename beside it, no fsync: a torn file fails its
+    checksum); a failure is only a warning."""
+    packed = hashes if isinstance(hashes, PackedHashes) else PackedHashes.from_sorted(hashes)
     try:
+        body = packed.to_bytes()
         fields = _LISTING_FIELDS.pack(
-            _LISTING_MAGIC, _LISTING_VERSION, mtime_ns, ino, dev, len(hashes), listed_at
+            _LISTING_MAGIC, _LISTING_VERSION, mtime_ns, ino, dev, len(packed), listed_at
         )
-        hasher = blake3.blake3(fields)
+        hasher = blake3.blake3(fields, max_threads=blake3.blake3.AUTO)
         hasher.update(body)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_new_file(tmp, fields + hasher.digest() + body, "write listing cache")
-        os.replace(tmp, path)
-    except (OSError, ValueError, struct.error, Io) as exc:
-        remove_quietly(tmp)
-        _LOG.warning("listing cache write %s failed: %s", path, exc)
+        safefile.write_atomic(path, fields + hasher.digest() + body, durable=False)
+    except (OSError, ValueError, struct.error) as exc:
+        shown = safefile.describe(exc) if isinstance(exc, OSError) else exc
+        _LOG.warning("listing cache write %s failed: %s", path, shown)
 
 
 def _blob_stem(entry: os.DirEntry[str]) -> str | None:
@@ -517,14 +542,39 @@ def _has_lone_surrogate(text: str) -> bool:
     return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
 
 
+class StrayBlobName(BlobHashInvalid):
+    """`BlobHashInvalid` for a file in `blobs/` whose stem is no valid hash (`a..b.blob`): upstream's
+    variant (so it classifies as upstream's does), with a message that names the file and the fix."""
+
+    def __init__(self, stem: str, path: str) -> None:
+        super().__init__(stem)
+        self.args = (f"{self.args[0]} (file {escaped_name(path)}): {_STRAY_FIX.format(_dir_of(path))}",)
+
+
+# What an operator can do about a name that fails the whole listing (for us as for upstream).
+_STRAY_FIX = "upstream cannot list a store holding this name; move the file out of {}"
+
+
+def _dir_of(path: str) -> str:
+    return escaped_name(os.path.dirname(path))
+
+
 def _check_stem(stem: str, path: str) -> None:
-    """Upstream's rules for a listed stem: valid UTF-8 (else the whole listing fails), a valid hash."""
+    """Upstream's rules for a listed stem: valid UTF-8 (else the whole listing fails), a valid hash.
+
+    Either failure fails the whole listing, as upstream's does; the error names the file with its
+    bytes escaped (a non-UTF-8 name as `\\xff`), so the operator can find it, and says what to do.
+    """
     try:
         stem.encode("utf-8")
     except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        raise DistributedValidationFailed(f"invalid blob file name: {shown}") from None
-    validate_hash(stem)
+        raise DistributedValidationFailed(
+            f"invalid blob file name (not UTF-8): {escaped_name(path)}: {_STRAY_FIX.format(_dir_of(path))}"
+        ) from None
+    try:
+        validate_hash(stem)
+    except BlobHashInvalid:
+        raise StrayBlobName(stem, path) from None
 
 
 def _split_extension(name: str) -> tuple[str, str | None]:

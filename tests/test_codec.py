@@ -368,7 +368,7 @@ def test_a_persisted_listing_older_than_the_bound_is_not_trusted(tmp_path) -> No
     assert path is not None and fresh._load_persisted_listing(
         path, past, os.stat(root / "blobs").st_ino, os.stat(root / "blobs").st_dev
     )
-    stale = LocalCasStore(root, listing_cache_dir=tmp_path / "c", listing_max_age_ms=0)
+    stale = LocalCasStore(root, listing_cache_dir=tmp_path / "c", cache_max_age_s=0)
     st_blobs = os.stat(root / "blobs")
     assert stale._load_persisted_listing(path, past, st_blobs.st_ino, st_blobs.st_dev) is None
 

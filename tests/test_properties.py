@@ -218,7 +218,8 @@ def test_bulk_index_parse_equals_the_per_line_rules(lines: list[bytes]) -> None:
 
 def _reference_candidates(root: Path) -> list[str]:
     log = (root / INDEX_FILE).read_bytes()
-    return sorted(set(index_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
+    records, _, damaged = index_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])
+    return sorted({*records, *(content_hash for _, content_hash in damaged if content_hash)})
 
 
 store_ops = st.one_of(
@@ -246,7 +247,9 @@ def test_index_candidates_are_the_logs_whatever_the_fast_paths_do(tmp_path: Path
         patch.setattr(index_module, "_SNAPSHOT_MIN_BYTES", 64)
         patch.setattr(index_module, "_INSORT_MAX", 2)  # both merge paths
         patch.setattr(index_module, "_PER_LINE_BYTES", 24)
+        cache = tmp_path / f"{root.name}-cache"  # the packed cache outside the store, used by `cached`
         writer, reader = LocalCasStore(root), LocalCasStore(root)
+        cached = LocalCasStore(root, listing_cache_dir=cache)
         for op, arg in ops:
             if op == "puts":
                 for size in arg:
@@ -266,7 +269,10 @@ def test_index_candidates_are_the_logs_whatever_the_fast_paths_do(tmp_path: Path
                 os.replace(root / "log.new", index)
             elif op == "new reader":
                 reader = LocalCasStore(root)
+                cached = LocalCasStore(root, listing_cache_dir=cache)
             if index.exists():
                 expected = _reference_candidates(root)
                 assert list(reader.candidates()) == expected
                 assert list(LocalCasStore(root).candidates()) == expected
+                assert list(cached.candidates()) == expected
+                assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == expected

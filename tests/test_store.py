@@ -337,16 +337,14 @@ def test_candidates_reads_only_the_appended_tail(tmp_path: Path, monkeypatch) ->
     first = store.candidates()
     assert store.candidates() is first  # unchanged: no re-read, same tuple
     reads: list[int] = []
-    real_open = open
+    real_read = index_module.read_own
 
-    def spy_open(path, mode="r", *args, **kwargs):
-        handle = real_open(path, mode, *args, **kwargs)
-        if str(path).endswith(INDEX_FILE) and "r" in mode:
-            real_seek = handle.seek
-            handle.seek = lambda pos, *a: reads.append(pos) or real_seek(pos, *a)
-        return handle
+    def spy_read(path, cap, offset=0):
+        if str(path).endswith(INDEX_FILE):
+            reads.append(offset)
+        return real_read(path, cap, offset)
 
-    monkeypatch.setattr("builtins.open", spy_open)
+    monkeypatch.setattr(index_module, "read_own", spy_read)
     extra = store.put_bytes(b"one more")
     assert extra in store.candidates()
     assert reads == [(tmp_path / INDEX_FILE).stat().st_size - len(f"{extra} 8\n")]
@@ -442,7 +440,8 @@ def test_puts_stay_cheap_as_the_index_grows(tmp_path: Path, monkeypatch) -> None
 def reference_candidates(root: Path) -> list[str]:
     """What the per-line rules make of the whole log (the reference for every fast path)."""
     log = (root / INDEX_FILE).read_bytes()
-    return sorted(set(index_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])[0]))
+    records, _, damaged = index_module._parse_odd_lines(log[: log.rfind(b"\n") + 1])
+    return sorted({*records, *(content_hash for _, content_hash in damaged if content_hash)})
 
 
 ODD_INDEX_LINES = [
@@ -556,7 +555,7 @@ def test_snapshot_keeps_odd_names(tmp_path: Path, small_snapshots) -> None:
     store.must_hold._write_snapshot()
     reader = LocalCasStore(tmp_path)
     loaded = reader.must_hold._load_snapshot(reader.must_hold._log_prefix_digest)
-    assert loaded is not None and sorted(loaded[0]) == reference_candidates(tmp_path)
+    assert loaded is not None and list(loaded.hashes) == reference_candidates(tmp_path)
     assert {"with space", "per%cent", "new\nline", "é"} <= set(LocalCasStore(tmp_path).candidates())
 
 
@@ -752,23 +751,28 @@ def test_a_failed_listing_cache_write_changes_nothing_else(tmp_path: Path, caplo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "store"]
 
 
-def test_an_indexed_store_writes_no_listing_cache(tmp_path: Path) -> None:
+def test_an_indexed_store_writes_no_listing_cache_but_its_packed_index(tmp_path: Path) -> None:
     root, cache = tmp_path / "store", tmp_path / "cache"
     store = LocalCasStore(root, listing_cache_dir=cache)
     a = store.put_bytes(b"a")
     age_dir(root / "blobs")
-    assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == [a]
-    assert not cache.exists()
+    reader = LocalCasStore(root, listing_cache_dir=cache)
+    assert list(reader.candidates()) == [a]
+    assert reader.must_hold.cache_path is not None and reader.listing_cache_path is not None
+    assert [p.name for p in cache.iterdir()] == [reader.must_hold.cache_path.name]
+    assert reader.must_hold.cache_path.name == "index-" + reader.listing_cache_path.name[len("listing-") :]
 
 
-def test_names_with_a_newline_are_listed_but_not_persisted(tmp_path: Path) -> None:
+def test_names_with_a_newline_are_listed_and_persisted(tmp_path: Path, monkeypatch) -> None:
     root, cache = tmp_path / "store", tmp_path / "cache"
     (root / "blobs").mkdir(parents=True)
     (root / "blobs" / "new\nline.blob").write_bytes(b"")
     (root / "blobs" / "plain.blob").write_bytes(b"")
     age_dir(root / "blobs")
     assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == ["new\nline", "plain"]
-    assert not cache.exists()
+    calls = count_listings(monkeypatch)
+    assert list(LocalCasStore(root, listing_cache_dir=cache).candidates()) == ["new\nline", "plain"]
+    assert calls == []
 
 
 @pytest.mark.parametrize("name", [b"a..b.blob", b"\xff.blob"])
