@@ -46,6 +46,13 @@ class Clock(StrEnum):
     wall = "wall"
 
 
+class Durability(StrEnum):
+    """When the round log is fdatasync'ed: every round, or by group commit every interval."""
+
+    round = "round"
+    interval = "interval"
+
+
 class Progress(StrEnum):
     """Whether the runner draws a progress display (`auto`: only on a terminal)."""
 
@@ -98,6 +105,11 @@ class RuntimeConf:
     rounds: int = 300
     epoch_rounds: int = 100
     progress: Progress = Progress.auto
+    durability: Durability = Durability.round
+    durability_interval_ms: int = 1000
+    log_max_bytes: int = 64 * 1024 * 1024
+    log_keep: int = 8
+    log_compress: bool = False
 
 
 class Baseline(StrEnum):

@@ -8,16 +8,21 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distfs_pipeline.errors import UsageError
+from distfs_pipeline.identity import Identity, ensure_identity
+from distfs_pipeline.journal import decode_line, encode_record, line_prefix
 from distfs_pipeline.models import CURSOR_STATE_REQUIRED, CursorState
 from distfs_pipeline.state import (
+    LogOptions,
     RoundJournal,
     StateLock,
+    load_identity,
     load_state,
     lock_path,
     recover,
@@ -32,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def sample_state(rounds: int = 3) -> CursorState:
+    if rounds == 0:
+        return CursorState()
     return CursorState(
         next_blob_cursor=rounds % 5,
         rounds_executed=rounds,
@@ -160,44 +167,78 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 # --- the write-ahead protocol ---------------------------------------------------------------------
 
 
-def journal_run(state_path: Path, log: Path, rounds: int) -> list[bytes]:
-    """Commit `rounds` rounds through a real journal; returns the log lines."""
-    journal = RoundJournal(state_path, log)
-    journal.open()
-    for n in range(1, rounds + 1):
-        journal.commit({"round_index": n, "total_checks": 1}, sample_state(n))
-    journal.close()
+def make_identity(state_path: Path) -> Identity:
+    return ensure_identity(state_path, "world-1", "node-1", "/store")[0]
+
+
+def round_record(n: int) -> dict[str, Any]:
+    """The counts that take `sample_state(n - 1)` to `sample_state(n)` (round 1 failed)."""
+    return {
+        "round_index": n,
+        "total_checks": 1,
+        "passed_checks": int(n > 1),
+        "failed_checks": int(n == 1),
+        "failure_reasons": {"TIMEOUT": 1} if n == 1 else {},
+        "epoch": {"epoch": 1, "rounds": n},
+    }
+
+
+def journal_run(
+    state_path: Path, log: Path, rounds: int, first: int = 1, *, checkpoint: bool = True, **options: Any
+) -> list[bytes]:
+    """Commit rounds `first..rounds` through a real journal; returns the log lines.
+
+    Without `checkpoint` the run ends as a kill leaves it: log written, state file not updated.
+    """
+    identity = load_identity(state_path) or make_identity(state_path)
+    journal = RoundJournal(state_path, log, identity, LogOptions(**options))
+    journal.open(load_state(state_path) if state_path.exists() else sample_state(first - 1))
+    for n in range(first, rounds + 1):
+        journal.commit(round_record(n), sample_state(n))
+    journal.close(sample_state(rounds) if checkpoint else None)
     return log.read_bytes().splitlines(keepends=True)
 
 
-def test_commit_writes_the_log_line_then_the_state(tmp_path: Path) -> None:
+def records(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_bytes().splitlines()]
+
+
+def test_commit_writes_self_checking_lines_then_the_state_at_its_checkpoint(tmp_path: Path) -> None:
     state_path, log = tmp_path / "state.json", tmp_path / "run" / "rounds.jsonl"
     lines = journal_run(state_path, log, 3)
     assert [json.loads(line)["round_index"] for line in lines] == [1, 2, 3]
+    identity = load_identity(state_path)
+    assert identity is not None and all(line.startswith(line_prefix(identity.state_id)) for line in lines)
+    assert all(decode_line(line.rstrip(b"\n")) is not None for line in lines)
     assert json.loads(lines[-1])["state_after"] == sample_state(3).to_dict()
     assert load_state(state_path) == sample_state(3)
-    assert json.loads(wal_path(state_path).read_text())["log_path"] == str(log.resolve())
+    pointer = json.loads(wal_path(state_path).read_text())
+    assert pointer["log_path"] == str(log.resolve()) and pointer["ino"] == log.stat().st_ino
+    assert pointer["state_id"] == identity.state_id
 
 
-def test_recover_rolls_forward_a_logged_but_unsaved_round(tmp_path: Path) -> None:
+def test_a_flipped_byte_fails_the_checksum(tmp_path: Path) -> None:
+    line = encode_record("id", {"round_index": 1, "total_checks": 1}).rstrip(b"\n")
+    assert decode_line(line) == {"state_id": "id", "round_index": 1, "total_checks": 1}
+    assert decode_line(line.replace(b'"total_checks":1', b'"total_checks":2')) is None
+
+
+def test_recover_rolls_forward_every_logged_round_after_the_checkpoint(tmp_path: Path) -> None:
     state_path, log = tmp_path / "state.json", tmp_path / "run" / "rounds.jsonl"
-    journal_run(state_path, log, 3)
-    save_state(state_path, sample_state(2))  # as if killed between the log append and the save
+    journal_run(state_path, log, 5, checkpoint=False)
+    assert not state_path.exists()  # never checkpointed: the log holds the rounds
+    save_state(state_path, sample_state(2))  # as if checkpointed at round 2
     recovered = recover(state_path)
-    assert recovered.rolled_forward and recovered.state == sample_state(3)
-    assert load_state(state_path) == sample_state(3)
-    assert recovered.last_record is not None and recovered.last_record["round_index"] == 3
+    assert recovered.rolled_forward and recovered.state == sample_state(5) and recovered.rolled_rounds == 3
+    assert load_state(state_path) == sample_state(5)
+    assert recovered.last_record is not None and recovered.last_record["round_index"] == 5
 
 
 def test_recover_works_across_run_dirs(tmp_path: Path) -> None:
     state_path = tmp_path / "state.json"
     journal_run(state_path, tmp_path / "run1" / "rounds.jsonl", 2)
-    journal = RoundJournal(state_path, tmp_path / "run2" / "rounds.jsonl")
     assert recover(state_path).state == sample_state(2)
-    journal.open()
-    journal.commit({"round_index": 3}, sample_state(3))
-    journal.close()
-    save_state(state_path, sample_state(2))
+    journal_run(state_path, tmp_path / "run2" / "rounds.jsonl", 3, first=3, checkpoint=False)
     assert recover(state_path).state == sample_state(3)  # found through the WAL, in run2
 
 
@@ -217,11 +258,11 @@ def test_corrupt_wal_is_a_usage_error(tmp_path: Path) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(min_value=0, max_value=10_000), saved=st.sampled_from([2, 3]))
+@given(cut=st.integers(min_value=0, max_value=10_000), saved=st.integers(min_value=0, max_value=3))
 def test_a_kill_at_any_byte_of_the_protocol_loses_and_repeats_nothing(
     tmp_path_factory: pytest.TempPathFactory, cut: int, saved: int
 ) -> None:
-    """Files as a kill leaves them: round 3's log line cut at any byte, the state at 2 or 3.
+    """Files as a kill leaves them: round 3's log line cut at any byte, the state at any checkpoint.
 
     Recovery must give a state whose rounds_executed equals the number of complete log records,
     with the log holding rounds 1..n once each and no torn tail.
@@ -230,15 +271,14 @@ def test_a_kill_at_any_byte_of_the_protocol_loses_and_repeats_nothing(
     state_path, log = tmp / "state.json", tmp / "run" / "rounds.jsonl"
     lines = journal_run(state_path, log, 3)
     written = cut % (len(lines[2]) + 1)
-    log.write_bytes(b"".join(lines[:2]) + lines[2][:written])
+    with open(log, "r+b") as handle:  # cut in place: the inode is the one the WAL names
+        handle.truncate(len(lines[0]) + len(lines[1]) + written)
     complete = written == len(lines[2])
-    save_state(state_path, sample_state(saved if complete else 2))  # never ahead of the log
-    if saved == 2:
-        temp_path(state_path).write_bytes(state_json(sample_state(3))[:17])  # a torn temp file
+    save_state(state_path, sample_state(min(saved, 3 if complete else 2)))  # never ahead of the log
+    (tmp / ".state.json.tmp-1-abc").write_bytes(state_json(sample_state(3))[:17])  # a torn temp file
     recovered = recover(state_path)
-    records = [json.loads(line) for line in log.read_bytes().splitlines()]
-    assert [r["round_index"] for r in records] == list(range(1, recovered.state.rounds_executed + 1))
-    assert recovered.state == sample_state(recovered.state.rounds_executed)
+    assert [r["round_index"] for r in records(log)] == list(range(1, recovered.state.rounds_executed + 1))
+    assert recovered.state == sample_state(3 if complete else 2)
     assert log.read_bytes().endswith(b"\n")
 
 
@@ -249,9 +289,12 @@ def test_a_garbage_complete_last_line_is_dropped_but_worse_is_refused(tmp_path: 
         handle.write(b"\x00\x00\x00\n")  # what a power loss can leave
     assert recover(state_path).state == sample_state(2)
     assert len(log.read_bytes().splitlines()) == 2
-    log.write_bytes(b"junk\nmore junk\n")
+    with open(log, "ab") as handle:
+        handle.write(b"junk\nmore junk\n")
+    before = log.read_bytes()
     with pytest.raises(UsageError, match="round log"):
         recover(state_path)
+    assert log.read_bytes() == before  # nothing cut
 
 
 # --- hostile neighbourhoods: one UsageError, nothing cut or overwritten --------------------------
@@ -261,10 +304,11 @@ def test_a_wal_pointing_at_a_file_that_is_not_a_round_log_is_refused_and_the_fil
     tmp_path: Path,
 ) -> None:
     state_path = tmp_path / "state.json"
-    save_state(state_path, sample_state())
+    journal_run(state_path, tmp_path / "run" / "rounds.jsonl", 1)
     victim = tmp_path / "notes.txt"
     victim.write_text("my notes\nnot json at all\n")
-    wal_path(state_path).write_text(json.dumps({"version": 1, "log_path": str(victim)}))
+    pointer = json.loads(wal_path(state_path).read_text())
+    wal_path(state_path).write_text(json.dumps(pointer | {"log_path": str(victim)}))
     with pytest.raises(UsageError, match="is not a round log"):
         recover(state_path)
     assert victim.read_text() == "my notes\nnot json at all\n"
@@ -272,27 +316,29 @@ def test_a_wal_pointing_at_a_file_that_is_not_a_round_log_is_refused_and_the_fil
 
 def test_a_wal_pointing_at_a_directory_is_refused(tmp_path: Path) -> None:
     state_path = tmp_path / "state.json"
-    (tmp_path / "run" / "rounds.jsonl").mkdir(parents=True)
+    journal_run(state_path, tmp_path / "run" / "rounds.jsonl", 1)
+    (tmp_path / "other" / "rounds.jsonl").mkdir(parents=True)
+    pointer = json.loads(wal_path(state_path).read_text())
     wal_path(state_path).write_text(
-        json.dumps({"version": 1, "log_path": str(tmp_path / "run" / "rounds.jsonl")})
+        json.dumps(pointer | {"log_path": str(tmp_path / "other" / "rounds.jsonl")})
     )
     with pytest.raises(UsageError, match="is not a round log"):
         recover(state_path)
 
 
 def test_an_unreadable_round_log_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="round log"):
-        repair_tail(tmp_path)  # a directory: cannot be opened for repair
+    with pytest.raises(UsageError, match="log"):
+        repair_tail(tmp_path, "id")  # a directory: cannot be opened for repair
 
 
-def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+def test_a_planted_temp_name_is_never_followed(tmp_path: Path) -> None:
     state_path = tmp_path / "state.json"
     save_state(state_path, sample_state(1))
-    old = state_path.read_bytes()
-    temp_path(state_path).mkdir()
-    with pytest.raises(UsageError, match=r"state file .*: cannot write: .*\.tmp: Is a directory"):
-        save_state(state_path, sample_state(2))
-    assert state_path.read_bytes() == old
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    temp_path(state_path).symlink_to(victim)  # upstream's fixed temp name, planted
+    save_state(state_path, sample_state(2))
+    assert load_state(state_path) == sample_state(2) and victim.read_text() == "precious"
 
 
 def test_a_state_path_that_is_a_directory_is_refused_without_a_lock_file(tmp_path: Path) -> None:
