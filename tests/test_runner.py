@@ -298,3 +298,133 @@ def test_the_blob_book_is_durable_beside_the_state_and_survives_a_lost_snapshot(
         expected.update(blobs.apply_report(expected, report_of(record)))
     assert without_sizes(load_book(state)) == expected
     assert sum(r.checks for r in expected.values()) == load_state(state).cumulative_total_checks
+
+
+# --- issue 8: identity, shared run dirs, epochs, rewardable bytes, values refused before writing --
+
+
+def test_a_state_of_another_node_is_refused_with_one_line(tmp_path: Path) -> None:
+    from distfs_pipeline.state import load_identity
+
+    store = str(small_store(tmp_path / "store"))
+    state = tmp_path / "state.json"
+    run_audit(make_settings(storage_root=store, state_path=str(state), rounds=2), tmp_path / "run1")
+    identity = load_identity(state)
+    assert identity is not None and identity.node_id == "node-storage-1" and len(identity.state_id) == 32
+    before = state.read_bytes()
+    other = make_settings(storage_root=store, state_path=str(state), rounds=2, node_id="node-storage-2")
+    with pytest.raises(UsageError, match=r"belongs to node_id 'node-storage-1'.*not runtime\.node_id") as err:
+        run_audit(other, tmp_path / "run2")
+    assert "\n" not in str(err.value) and state.read_bytes() == before
+    elsewhere = make_settings(storage_root=str(small_store(tmp_path / "other")), state_path=str(state))
+    with pytest.raises(UsageError, match="runtime.storage_root"):
+        run_audit(elsewhere, tmp_path / "run3")
+
+
+def test_a_run_dir_shared_with_another_state_is_refused_and_its_files_kept(tmp_path: Path) -> None:
+    store = str(small_store(tmp_path / "store"))
+    shared = tmp_path / "shared"
+    run_audit(make_settings(storage_root=store, state_path=str(tmp_path / "a.json")), shared)
+    before = {name: (shared / name).read_bytes() for name in ("rounds.jsonl", "epochs.jsonl")}
+    with pytest.raises(UsageError, match="holds records of state id"):
+        run_audit(make_settings(storage_root=store, state_path=str(tmp_path / "b.json")), shared)
+    assert {name: (shared / name).read_bytes() for name in before} == before
+
+
+def test_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from distfs_pipeline.runner import _run_dir_lock\n"
+            "with _run_dir_lock(Path(sys.argv[1])):\n print('locked', flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match="is in use by another run; give this run its own hydra.run.dir"):
+            run_audit(make_settings(storage_root=str(small_store(tmp_path / "store"))), run_dir)
+        assert not (run_dir / "rounds.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_killed_before_its_first_commit_splits_no_epoch(tmp_path: Path) -> None:
+    """Open the log and die (the WAL now names an empty log): the epoch still closes whole."""
+    from distfs_pipeline.identity import load_identity
+    from distfs_pipeline.state import RoundJournal, StateLock, recover
+
+    store = str(small_store(tmp_path / "store"))
+    state = tmp_path / "state.json"
+    run_audit(make_settings(storage_root=store, state_path=str(state), rounds=3), tmp_path / "run1")
+    identity = load_identity(state)
+    assert identity is not None
+    with StateLock(state):  # a second run, killed right after opening its log
+        recovered = recover(state, identity)
+        RoundJournal(state, tmp_path / "run2" / "rounds.jsonl", identity).open(
+            recovered.state, recovered.last_record
+        )
+    run_audit(make_settings(storage_root=store, state_path=str(state), rounds=2), tmp_path / "run3")
+    (epoch,) = read_jsonl(tmp_path / "run3" / "epochs.jsonl")
+    assert (epoch["epoch"], epoch["rounds"], epoch["first_round"], epoch["complete"]) == (1, 5, 1, True)
+
+
+def test_rewardable_bytes_count_only_blobs_that_exist_and_verify(tmp_path: Path) -> None:
+    """An index line's size claim and a sparse file of the claimed size earn nothing."""
+    root = small_store(tmp_path / "store", blobs=4)
+    store = LocalCasStore(root)
+    hashes = sorted(store.candidates())
+    lost, sparse = hashes[0], hashes[1]
+    store.blob_path(lost).unlink()
+    size = store.blob_path(sparse).stat().st_size
+    with open(store.blob_path(sparse), "r+b") as handle:  # same size, the bytes gone (a hole)
+        handle.truncate(0)
+        handle.truncate(size)
+    settings = make_settings(storage_root=str(root), rounds=8, epoch_rounds=4)
+    summary = run_audit(settings, tmp_path / "run")
+    good = sum(store.blob_path(h).stat().st_size for h in hashes[2:])
+    assert summary["rewardable_bytes"] == good
+    epochs = read_jsonl(tmp_path / "run" / "epochs.jsonl")
+    assert epochs[-1]["rewardable_bytes"] == good and store.index_sizes()[lost] > 0
+
+
+def test_a_virtual_timeline_past_i64_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from distfs_pipeline.models import CursorState
+    from distfs_pipeline.state import save_state
+
+    state = tmp_path / "state.json"
+    save_state(state, CursorState(rounds_executed=(2**63 - START) // TICK + 1))
+    before = state.read_bytes()
+    with pytest.raises(UsageError, match="past i64 max"):
+        run_audit(
+            make_settings(storage_root=str(small_store(tmp_path / "store")), state_path=str(state)),
+            tmp_path / "r",
+        )
+    assert state.read_bytes() == before and (tmp_path / "r" / "rounds.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize("name", ["summary.json", "epochs.jsonl", "rounds.jsonl"])
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_planted_run_files_are_refused_never_followed_or_blocked_on(
+    tmp_path: Path, name: str, plant: str
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    if plant == "symlink":
+        (run_dir / name).symlink_to(victim)
+    else:
+        os.mkfifo(run_dir / name)
+    with pytest.raises(UsageError, match="refusing to use it"):
+        run_audit(make_settings(storage_root=str(small_store(tmp_path / "store"))), run_dir)
+    assert victim.read_text() == "precious\n"

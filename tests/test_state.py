@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distfs_pipeline.errors import UsageError
-from distfs_pipeline.identity import Identity, ensure_identity
+from distfs_pipeline.identity import Identity, ensure_identity, identity_path
 from distfs_pipeline.journal import decode_line, encode_record, line_prefix
 from distfs_pipeline.models import CURSOR_STATE_REQUIRED, CursorState
 from distfs_pipeline.state import (
@@ -352,3 +352,165 @@ def test_a_file_where_the_state_dir_should_be_is_named(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UsageError, match=r"afile: exists but is not a directory"):
         StateLock(tmp_path / "afile" / "sub" / "state.json").acquire()
+
+
+# --- issue 8: files we write are never a way to damage other files -------------------------------
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
+def test_a_planted_lock_file_is_refused_and_its_target_untouched(tmp_path: Path, plant: str) -> None:
+    state_path = tmp_path / "state.json"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    lock = lock_path(state_path)
+    if plant == "symlink":
+        lock.symlink_to(victim)
+    elif plant == "hardlink":
+        os.link(victim, lock)
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(UsageError, match=r"cannot create its lock .*refusing to use it"):
+        StateLock(state_path).acquire()  # a FIFO would block the old code's open; here it is refused
+    assert victim.read_text() == "precious\n"
+
+
+def test_two_names_of_one_state_take_the_same_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    monkeypatch.chdir(real)
+    with StateLock(real / "state.json"):
+        for other in (
+            tmp_path / "alias" / "state.json",
+            Path("state.json"),
+            real / "x" / ".." / "state.json",
+        ):
+            with pytest.raises(UsageError, match="in use by another run"):
+                StateLock(other).acquire()
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_a_state_file_with_a_second_name_is_refused_never_replaced(tmp_path: Path, plant: str) -> None:
+    target = tmp_path / "elsewhere.json"
+    save_state(target, sample_state(2))
+    state_path = tmp_path / "state.json"
+    if plant == "symlink":
+        state_path.symlink_to(target)
+    else:
+        os.link(target, state_path)
+    with pytest.raises(UsageError, match="symbolic link|hard links"):
+        StateLock(state_path).acquire()
+    assert (state_path.is_symlink() or plant == "hardlink") and load_state(target) == sample_state(2)
+
+
+def test_a_wal_naming_another_states_log_is_refused_and_that_log_untouched(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    journal_run(a, tmp_path / "ra" / "rounds.jsonl", 2, checkpoint=False)
+    journal_run(b, tmp_path / "rb" / "rounds.jsonl", 1)
+    with open(tmp_path / "ra" / "rounds.jsonl", "ab") as handle:
+        handle.write(b'{"state_id":')  # a torn tail the old code would have cut
+    before = (tmp_path / "ra" / "rounds.jsonl").read_bytes()
+    wal_path(b).write_bytes(wal_path(a).read_bytes())
+    with pytest.raises(UsageError, match="belongs to state id"):
+        recover(b)
+    assert (tmp_path / "ra" / "rounds.jsonl").read_bytes() == before and load_state(b) == sample_state(1)
+
+
+def test_a_log_replaced_under_the_wal_is_not_cut(tmp_path: Path) -> None:
+    state_path, log = tmp_path / "state.json", tmp_path / "run" / "rounds.jsonl"
+    journal_run(state_path, log, 2)
+    log.rename(tmp_path / "kept")  # (kept open by name, so its inode cannot be reused)
+    log.write_bytes(b"someone else's file\nwithout a newline at the end")
+    recovered = recover(state_path)
+    assert "not the file the WAL named" in recovered.notes[0] and recovered.state == sample_state(2)
+    assert log.read_bytes().endswith(b"at the end")
+
+
+def test_a_tampered_record_with_a_valid_checksum_is_not_rolled_forward(tmp_path: Path) -> None:
+    state_path, log = tmp_path / "state.json", tmp_path / "run" / "rounds.jsonl"
+    lines = journal_run(state_path, log, 3)
+    save_state(state_path, sample_state(2))
+    identity = load_identity(state_path)
+    assert identity is not None
+    forged = json.loads(lines[2])
+    del forged["crc32"], forged["state_id"]
+    forged["state_after"]["cumulative_passed_checks"] += 100  # not the state plus its counts
+    with open(log, "r+b") as handle:
+        handle.truncate(len(lines[0]) + len(lines[1]))
+        handle.seek(0, os.SEEK_END)
+        handle.write(encode_record(identity.state_id, forged))
+    with pytest.raises(UsageError, match="not the state plus its counts"):
+        recover(state_path)
+    assert load_state(state_path) == sample_state(2)
+
+
+def test_a_damaged_line_before_the_last_is_refused_not_cut(tmp_path: Path) -> None:
+    state_path, log = tmp_path / "state.json", tmp_path / "run" / "rounds.jsonl"
+    lines = journal_run(state_path, log, 3, checkpoint=False)
+    save_state(state_path, sample_state(1))
+    damaged = lines[1].replace(b'"total_checks":1', b'"total_checks":7')
+    with open(log, "r+b") as handle:
+        handle.seek(len(lines[0]))
+        handle.write(damaged)
+    before = log.read_bytes()
+    with pytest.raises(UsageError, match="fails its checksum"):
+        recover(state_path)
+    assert log.read_bytes() == before
+
+
+def test_the_tail_scan_reads_only_back_to_the_checkpoint(tmp_path: Path) -> None:
+    """However long the log, a start reads the bytes after the state's round, not the whole file."""
+    state_path, log = tmp_path / "state.json", tmp_path / "run" / "rounds.jsonl"
+    identity = make_identity(state_path)
+    with open(log.parent.mkdir(parents=True) or log, "wb") as handle:  # 200k rounds of filler before
+        for n in range(1, 3):
+            handle.write(encode_record(identity.state_id, {**round_record(n), "pad": "x" * 600_000}))
+    journal = RoundJournal(state_path, log, identity)
+    journal.open(sample_state(2))
+    journal.commit(round_record(3), sample_state(3))
+    journal.close(sample_state(3))
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        from distfs_pipeline import journal as journal_mod
+
+        tail = journal_mod.scan_tail(fd, str(log), identity.state_id, 3, cap=1 << 20)  # well under 1.2 MB
+        assert [r["round_index"] for r in tail.records] == [3]
+        with pytest.raises(UsageError, match="more than"):
+            journal_mod.scan_tail(fd, str(log), identity.state_id, 0, cap=1 << 20)
+    finally:
+        os.close(fd)
+
+
+# --- issue 8: every bad file is one line ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b'{"next_blob_cursor": 1' + b"0" * 5000 + b"}", "digits"),  # a huge integer
+        (b"[" * 10_000 + b"]" * 10_000, "nested too deeply"),
+        (b'{"rounds_executed": 1, "rounds_executed": 2}', "duplicate field"),
+        (b'{"next_blob_cursor": 0, "x": "\xc3\x28"}', "invalid UTF-8"),
+    ],
+)
+def test_every_json_error_of_our_files_is_one_usage_error(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    state_path = tmp_path / "state.json"
+    for path, loader in (
+        (state_path, lambda: load_state(state_path)),
+        (wal_path(state_path), lambda: recover(state_path)),
+        (identity_path(state_path), lambda: load_identity(state_path)),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(UsageError) as err:
+            loader()
+        assert str(path) in str(err.value) and problem in str(err.value) and "\n" not in str(err.value)
+        path.unlink()
+
+
+def test_a_state_that_could_not_be_loaded_back_is_never_written(tmp_path: Path) -> None:
+    state_path = tmp_path / "state.json"
+    with pytest.raises(UsageError, match="could not be loaded back"):
+        save_state(state_path, CursorState(rounds_executed=2**64))
+    assert not state_path.exists()
