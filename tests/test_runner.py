@@ -317,7 +317,7 @@ def test_a_state_of_another_node_is_refused_with_one_line(tmp_path: Path) -> Non
         run_audit(other, tmp_path / "run2")
     assert "\n" not in str(err.value) and state.read_bytes() == before
     elsewhere = make_settings(storage_root=str(small_store(tmp_path / "other")), state_path=str(state))
-    with pytest.raises(UsageError, match="runtime.storage_root"):
+    with pytest.raises(UsageError, match=r"runtime\.storage_root"):
         run_audit(elsewhere, tmp_path / "run3")
 
 
@@ -350,7 +350,7 @@ def test_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(UsageError, match="is in use by another run; give this run its own hydra.run.dir"):
+        with pytest.raises(UsageError, match=r"in use by another run; give this run its own hydra\.run"):
             run_audit(make_settings(storage_root=str(small_store(tmp_path / "store"))), run_dir)
         assert not (run_dir / "rounds.jsonl").exists()
     finally:

@@ -398,7 +398,7 @@ def test_a_state_file_with_a_second_name_is_refused_never_replaced(tmp_path: Pat
         state_path.symlink_to(target)
     else:
         os.link(target, state_path)
-    with pytest.raises(UsageError, match="symbolic link|hard links"):
+    with pytest.raises(UsageError, match=r"symbolic link|hard links"):
         StateLock(state_path).acquire()
     assert (state_path.is_symlink() or plant == "hardlink") and load_state(target) == sample_state(2)
 
