@@ -220,11 +220,16 @@ def compress_segment(path: Path) -> None:
 
 
 def prune_segments(active: Path, keep: int) -> None:
-    """Remove all but the newest `keep` rotated segments (regular files only; links are left alone)."""
-    old = segments(active)
-    for _number, path in old[: max(0, len(old) - keep)]:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    """Remove all but the newest `keep` rotated segments, and a plain segment whose `.gz` exists (a
+    kill between compressing and removing it); regular files only, links are left alone."""
+    found = segments(active)
+    names = {path.name for _n, path in found}
+    numbers = sorted({n for n, _p in found})
+    drop = set(numbers[: max(0, len(numbers) - keep)])
+    for number, path in found:
+        if number in drop or path.name + ".gz" in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 # --- durability -----------------------------------------------------------------------------------

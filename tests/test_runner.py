@@ -428,3 +428,108 @@ def test_planted_run_files_are_refused_never_followed_or_blocked_on(
     with pytest.raises(UsageError, match="refusing to use it"):
         run_audit(make_settings(storage_root=str(small_store(tmp_path / "store"))), run_dir)
     assert victim.read_text() == "precious\n"
+
+
+# --- kill -9 in every durability mode, across rotated segments --------------------------------------
+
+
+def all_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every round record of a run dir: the active log and its rotated (maybe gzipped) segments."""
+    import gzip
+
+    out = []
+    paths = set(run_dir.glob("rounds.jsonl*"))
+    for path in sorted(paths):
+        if path.with_name(path.name + ".gz") in paths:
+            continue  # killed between writing the .gz and removing the plain segment: one segment
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except FileNotFoundError:  # compressed away while a live run is polled
+            continue
+        out += [json.loads(line) for line in raw.splitlines()]
+    return out
+
+
+def cli(*args: str, cwd: Path) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "distfs_pipeline", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["runtime.durability=round"],
+        ["runtime.durability=interval", "runtime.durability_interval_ms=50"],
+        ["runtime.durability=interval", "runtime.log_max_bytes=6000", "runtime.log_compress=true"],
+    ],
+    ids=["round", "interval", "interval-rotating"],
+)
+def test_sigkill_in_every_durability_mode_loses_and_repeats_no_round(tmp_path: Path, mode: list[str]) -> None:
+    """kill -9 a wall-clock run twice at arbitrary moments, then finish: rounds 1..N exactly once."""
+    import time
+
+    store = small_store(tmp_path / "store", blobs=6)
+    state = tmp_path / "state.json"
+    common = [
+        "runtime=wall",
+        "runtime.tick_ms=1",
+        "runtime.epoch_rounds=4",
+        "runtime.log_keep=1000",
+        f"runtime.storage_root={store}",
+        f"runtime.state_path={state}",
+        *mode,
+    ]
+    for attempt in range(2):
+        run_dir = tmp_path / f"killed{attempt}"
+        proc = cli(*common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if run_dir.exists() and len(all_records(run_dir)) >= 12 + 5 * attempt:
+                break
+            time.sleep(0.01)
+        proc.kill()
+        _, err = proc.communicate()
+        assert proc.returncode == -9, err
+    final = cli(*common, "runtime.rounds=5", f"hydra.run.dir={tmp_path / 'final'}", cwd=tmp_path)
+    _, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    records = [r for run in [*sorted(tmp_path.glob("killed*")), tmp_path / "final"] for r in all_records(run)]
+    saved = load_state(state)
+    assert sorted(r["round_index"] for r in records) == list(range(1, saved.rounds_executed + 1))
+    assert sum(r["total_checks"] for r in records) == saved.cumulative_total_checks
+    epochs = [e for log in sorted(tmp_path.glob("*/epochs.jsonl")) for e in read_jsonl(log)]
+    assert sorted(e["epoch"] for e in epochs) == list(range(1, saved.rounds_executed // 4 + 1))
+    assert all(e["complete"] for e in epochs)
+    if "runtime.log_compress=true" in mode:
+        assert list(tmp_path.glob("killed0/rounds.jsonl.*.gz"))  # rotated and compressed
+
+
+def test_the_round_log_rotates_keeps_its_segments_bounded_and_starts_without_them(tmp_path: Path) -> None:
+    from distfs_pipeline.state import load_book
+
+    store = str(small_store(tmp_path / "store"))
+    state = tmp_path / "state.json"
+    rotating = {"log_max_bytes": 4000, "log_keep": 2, "log_compress": True}
+    run_audit(
+        make_settings(storage_root=store, state_path=str(state), rounds=60, **rotating), tmp_path / "run"
+    )
+    names = sorted(p.name for p in (tmp_path / "run").glob("rounds.jsonl*"))
+    assert len(names) == 3 and all(n.endswith(".gz") for n in names if n != "rounds.jsonl"), names
+    assert (tmp_path / "run" / "rounds.jsonl").stat().st_size < 4000 + 2000
+    book = load_book(state)
+    for old in (tmp_path / "run").glob("rounds.jsonl.*"):
+        old.unlink()  # a normal start never needs an old segment
+    summary = run_audit(make_settings(storage_root=store, state_path=str(state), rounds=5), tmp_path / "run")
+    assert (
+        summary["cumulative"]["rounds_executed"] == 65
+        and sum(r.checks for r in load_book(state).values()) == 65
+    )
+    assert sum(r.checks for r in book.values()) == 60
