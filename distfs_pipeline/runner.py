@@ -175,9 +175,16 @@ def with_sizes(store: LocalCasStore, changes: dict[str, blobs.BlobRecord]) -> di
     out = {}
     for content_hash, record in changes.items():
         if record.last_result == blobs.PASS:
-            record = dataclasses.replace(record, size_bytes=blob_size(store, content_hash))
+            size = blob_size(store, content_hash)
+            if size != record.size_bytes:
+                record = dataclasses.replace(record, size_bytes=size)
         out[content_hash] = record
     return out
+
+
+def blob_changes_json(changes: dict[str, blobs.BlobRecord]) -> dict[str, dict[str, Any]]:
+    """The round record's `blob_changes` (flat records: a shallow copy is the whole dict)."""
+    return {content_hash: dict(vars(record)) for content_hash, record in changes.items()}
 
 
 def rewardable_bytes(store: LocalCasStore, book: Book, warned: set[str] | None = None) -> int:
@@ -533,7 +540,7 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     epoch_rounds = run.settings.runtime.epoch_rounds
     run.epoch = run.epoch.add(report)
     record = {**report.to_dict(), "epoch": run.epoch.to_dict()}
-    record["blob_changes"] = {h: rec.to_dict() for h, rec in changes.items()}
+    record["blob_changes"] = blob_changes_json(changes)
     closed = None
     if reward.is_epoch_end(report.round_index, epoch_rounds):
         run.rewardable = rewardable_bytes(run.store, run.book, run.warned)

@@ -685,8 +685,14 @@ class RoundJournal:
         """Make one round durable: log line (with `state_after`) first; the state file at checkpoints."""
         if self._fd is None:
             raise RuntimeError("RoundJournal.commit before open")
-        check_loadable(state, f"round {state.rounds_executed}")
-        line = journal.encode_record(self.identity.state_id, {**record, "state_after": state.to_dict()})
+        after = state.to_dict()
+        try:  # refused before it is written: a state_after recovery could not load back
+            CursorState.from_dict(after)
+        except Serde as err:
+            raise UsageError(
+                f"round {state.rounds_executed}: refusing to log a state that could not be loaded back: {err}"
+            ) from None
+        line = journal.encode_record(self.identity.state_id, {**record, "state_after": after})
         try:
             safefile.write_all(self._fd, line)
         except OSError as err:  # a torn line at worst: the next run's recovery cuts it

@@ -433,8 +433,11 @@ def test_planted_run_files_are_refused_never_followed_or_blocked_on(
 # --- kill -9 in every durability mode, across rotated segments --------------------------------------
 
 
-def all_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every round record of a run dir: the active log and its rotated (maybe gzipped) segments."""
+def all_records(run_dir: Path, live: bool = False) -> list[dict[str, Any]]:
+    """Every round record of a run dir: the active log and its rotated (maybe gzipped) segments.
+
+    `live`: the run is still writing, so a line being appended is skipped, not an error.
+    """
     import gzip
 
     out = []
@@ -446,7 +449,12 @@ def all_records(run_dir: Path) -> list[dict[str, Any]]:
             raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         except FileNotFoundError:  # compressed away while a live run is polled
             continue
-        out += [json.loads(line) for line in raw.splitlines()]
+        for line in raw.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                if not live:
+                    raise
     return out
 
 
@@ -492,7 +500,7 @@ def test_sigkill_in_every_durability_mode_loses_and_repeats_no_round(tmp_path: P
         proc = cli(*common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if run_dir.exists() and len(all_records(run_dir)) >= 12 + 5 * attempt:
+            if run_dir.exists() and len(all_records(run_dir, live=True)) >= 12 + 5 * attempt:
                 break
             time.sleep(0.01)
         proc.kill()
