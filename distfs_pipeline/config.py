@@ -50,6 +50,7 @@ class Durability(StrEnum):
     """When the round log is fdatasync'ed: every round, or by group commit every interval."""
 
     round = "round"
+    pipelined = "pipelined"
     interval = "interval"
 
 

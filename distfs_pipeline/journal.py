@@ -38,7 +38,7 @@ _CRC_SUFFIX_LEN = len(',"crc32":"00000000"}')
 _CRC_RE = re.compile(rb',"crc32":"([0-9a-f]{8})"\}$')
 SCAN_BLOCK = 1 << 20
 SCAN_CAP = 1 << 30  # recovery never reads more than this much of a log backwards
-DURABILITY_MODES = ("round", "interval")
+DURABILITY_MODES = ("round", "pipelined", "interval")
 
 
 # --- one line -------------------------------------------------------------------------------------
@@ -239,7 +239,9 @@ def prune_segments(active: Path, keep: int) -> None:
 class SyncPolicy:
     """When the log is fdatasync'ed (`mode`) and the state file checkpointed (every `interval_ms`).
 
-    `round`: every round durable against power loss when `commit` returns. `interval`: group commit,
+    `round`: every round durable against power loss when `commit` returns. `pipelined`: a round's
+    fdatasync runs while the next round's checks do, and completes before the next line is written
+    (a power loss can cost the last finished round). `interval`: group commit,
     a power loss can cost the rounds of the last `interval_ms` (plus at most one tick on the wall
     clock); the state file is only ever written after the log holding its rounds is synced.
     """

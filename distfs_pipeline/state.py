@@ -657,6 +657,8 @@ class RoundJournal:
         self._size = 0
         self._unsynced = False
         self._saved_round: int | None = None
+        self._syncer: Any = None  # `pipelined`: a one-thread executor running the previous fdatasync
+        self._pending: Any = None  # its Future
         self._last: dict[str, Any] | None = None  # round_index and epoch of the last record written
 
     def open(self, state: CursorState, carried: dict[str, Any] | None = None) -> None:
@@ -693,6 +695,7 @@ class RoundJournal:
                 f"round {state.rounds_executed}: refusing to log a state that could not be loaded back: {err}"
             ) from None
         line = journal.encode_record(self.identity.state_id, {**record, "state_after": after})
+        self._wait_pending()  # `pipelined`: the previous round is synced before this line is written
         try:
             safefile.write_all(self._fd, line)
         except OSError as err:  # a torn line at worst: the next run's recovery cuts it
@@ -701,12 +704,35 @@ class RoundJournal:
         self._unsynced = True
         self._last = {"round_index": state.rounds_executed, "epoch": record.get("epoch")}
         now = journal.time.monotonic()
-        if self.policy.sync_due(now):
+        if self.options.durability == "pipelined":
+            self._start_sync(now)
+        elif self.policy.sync_due(now):
             self.sync(now)
         if self.policy.checkpoint_due(now):
             self.checkpoint(state)
 
+    def _start_sync(self, now: float) -> None:
+        """fdatasync in a worker thread (it releases the GIL) while the next round's checks run."""
+        if self._syncer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distfs-fdatasync")
+        self._unsynced = False
+        self.policy.last_sync = now
+        self._pending = self._syncer.submit(os.fdatasync, self._fd)
+
+    def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except OSError as err:
+            self._unsynced = True
+            raise UsageError(f"round log {self.log_path}: cannot sync: {err.strerror or err}") from None
+
     def sync(self, now: float | None = None) -> None:
+        self._wait_pending()
         if self._fd is None or not self._unsynced:
             return
         try:
@@ -757,6 +783,11 @@ class RoundJournal:
                 with contextlib.suppress(UsageError):
                     self.sync()
         finally:
+            with contextlib.suppress(UsageError):
+                self._wait_pending()
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True)
+                self._syncer = None
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None

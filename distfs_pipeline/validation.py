@@ -140,10 +140,11 @@ class RuntimeSettings(_Settings):
     progress: Literal["auto", "always", "never"] = Field(
         "auto", description="Progress display: auto (on a terminal), always or never."
     )
-    durability: Literal["round", "interval"] = Field(
+    durability: Literal["round", "pipelined", "interval"] = Field(
         "round",
-        description="round: each round's log line is fdatasync'ed before the next round; interval: group "
-        "commit every durability_interval_ms (a power loss may cost that window; kill -9 loses nothing).",
+        description="round: each round's log line is fdatasync'ed before the next round; pipelined: that "
+        "fdatasync overlaps the next round's checks (a power loss may cost the last round); interval: group "
+        "commit every durability_interval_ms (a power loss may cost that window). kill -9 loses nothing.",
     )
     durability_interval_ms: int = _i64(
         1000, "Group-commit interval, and how often the state file is checkpointed (i64 > 0).", positive=True

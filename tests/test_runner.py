@@ -475,10 +475,11 @@ def cli(*args: str, cwd: Path) -> Any:
     "mode",
     [
         ["runtime.durability=round"],
+        ["runtime.durability=pipelined"],
         ["runtime.durability=interval", "runtime.durability_interval_ms=50"],
         ["runtime.durability=interval", "runtime.log_max_bytes=6000", "runtime.log_compress=true"],
     ],
-    ids=["round", "interval", "interval-rotating"],
+    ids=["round", "pipelined", "interval", "interval-rotating"],
 )
 def test_sigkill_in_every_durability_mode_loses_and_repeats_no_round(tmp_path: Path, mode: list[str]) -> None:
     """kill -9 a wall-clock run twice at arbitrary moments, then finish: rounds 1..N exactly once."""

@@ -514,3 +514,27 @@ def test_a_state_that_could_not_be_loaded_back_is_never_written(tmp_path: Path) 
     with pytest.raises(UsageError, match="could not be loaded back"):
         save_state(state_path, CursorState(rounds_executed=2**64))
     assert not state_path.exists()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"x")), max_size=30),
+    block=st.integers(min_value=1, max_value=64),
+)
+def test_the_backward_scan_yields_every_line_once_across_block_boundaries(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], block: int
+) -> None:
+    from distfs_pipeline import journal as journal_mod
+
+    path = tmp_path_factory.mktemp("scan") / "log"
+    data = b"".join(line + b"\n" for line in lines)
+    path.write_bytes(data)
+    ends = [sum(len(x) + 1 for x in lines[: i + 1]) for i in range(len(lines))]
+    old, journal_mod.SCAN_BLOCK = journal_mod.SCAN_BLOCK, block
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = list(journal_mod._complete_lines_backward(fd, len(data), 1 << 30, str(path)))
+    finally:
+        os.close(fd)
+        journal_mod.SCAN_BLOCK = old
+    assert got == list(zip(lines, ends, strict=True))[::-1]
