@@ -477,7 +477,8 @@ def _start(
         save_book(state_path, recovered.book, recovered.state.rounds_executed)
     journal = RoundJournal(state_path, run_dir / ROUNDS_LOG, identity, log_options(settings))
     epochs = EpochLog(run_dir / EPOCHS_LOG, identity)  # refuses another state's epochs.jsonl first
-    journal.open(recovered.state, recovered.last_record)
+    # The previous dir's epochs.jsonl is complete by now: carry only the open epoch's sums.
+    journal.open(recovered.state, {"epoch": (recovered.last_record or {}).get("epoch")})
     _warn_if_empty(store)
     return _Run(
         settings=settings,
@@ -548,15 +549,13 @@ def _one_round(run: _Run, observed_ms: int) -> None:
         record["epoch_report"] = closed
     run.journal.commit(record, new_state)
     run.state = new_state
-    if run.journal.rotation_due():
-        save_book(
-            run.journal.state_path, run.book, new_state.rounds_executed
-        )  # replay never needs old segments
-        run.journal.rotate(new_state)
     run.totals.add(report)
     if closed is not None:
         run.epochs.append(closed)
         run.totals.epochs_closed += 1
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
+    if run.journal.rotation_due():  # after the epoch line: a rotation never strands an epoch report
+        save_book(run.journal.state_path, run.book, new_state.rounds_executed)  # replay needs no old segment
+        run.journal.rotate(new_state)
     if run.hooks.on_round is not None:
         run.hooks.on_round(report)

@@ -675,7 +675,10 @@ class RoundJournal:
         except OSError as err:
             raise UsageError(f"round log {self.log_path}: cannot open: {describe_os_error(err)}") from None
         self._saved_round = state.rounds_executed
-        self._last = {"round_index": state.rounds_executed, "epoch": (carried or {}).get("epoch")}
+        # The epoch sums always; a closing round's `epoch_report` only within one run dir (rotation),
+        # since a new run has completed the previous dir's epochs.jsonl before opening its log.
+        self._last = {k: v for k, v in (carried or {}).items() if k in ("epoch", "epoch_report")}
+        self._last["round_index"] = state.rounds_executed
         self._point_wal(st)
 
     def _point_wal(self, st: os.stat_result) -> None:
@@ -703,6 +706,8 @@ class RoundJournal:
         self._size += len(line)
         self._unsynced = True
         self._last = {"round_index": state.rounds_executed, "epoch": record.get("epoch")}
+        if record.get("epoch_report") is not None:
+            self._last["epoch_report"] = record["epoch_report"]
         now = journal.time.monotonic()
         if self.options.durability == "pipelined":
             self._start_sync(now)

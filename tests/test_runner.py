@@ -542,3 +542,28 @@ def test_the_round_log_rotates_keeps_its_segments_bounded_and_starts_without_the
         and sum(r.checks for r in load_book(state).values()) == 65
     )
     assert sum(r.checks for r in book.values()) == 60
+
+
+def test_a_kill_right_after_a_rotation_strands_no_epoch_report(tmp_path: Path) -> None:
+    """The closing round is committed, the log rotates, the run dies before epochs.jsonl: the next
+    start still writes that epoch's report, once."""
+    from distfs_pipeline import runner
+    from distfs_pipeline.identity import ensure_identity
+    from distfs_pipeline.models import CursorState
+    from distfs_pipeline.state import LogOptions, RoundJournal, recover
+
+    state = tmp_path / "state.json"
+    identity, _ = ensure_identity(state, "w", "n", "/store")
+    run_dir = tmp_path / "run"
+    journal = RoundJournal(state, run_dir / "rounds.jsonl", identity, LogOptions(log_max_bytes=1))
+    journal.open(CursorState())
+    report = {"epoch": 1, "rounds": 1, "complete": True}
+    after = CursorState(rounds_executed=1, cumulative_total_checks=1, cumulative_passed_checks=1)
+    journal.commit({"round_index": 1, "total_checks": 1, "passed_checks": 1, "epoch_report": report}, after)
+    assert journal.rotation_due()
+    journal.rotate(after)
+    journal.close()  # dies here: no epochs.jsonl line yet
+    recovered = recover(state, identity)
+    runner._complete_previous_epoch_log(recovered, identity)
+    runner._complete_previous_epoch_log(recover(state, identity), identity)  # a second start: no duplicate
+    assert [anonymous(e) for e in read_jsonl(run_dir / "epochs.jsonl")] == [report]
