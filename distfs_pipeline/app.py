@@ -21,7 +21,10 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import config  # noqa: F401  (importing registers the structured-config schema)
+from . import (
+    config,  # noqa: F401  (importing registers the structured-config schema)
+    resolvers,  # noqa: F401  (importing registers ${distfs_run_id:} for the run dir)
+)
 from .errors import UsageError
 from .flags import rewrite_argv
 from .preflight import preflight

@@ -37,6 +37,7 @@ class BlobRecord:
     first_failure_ms: int | None = None  # first failure of the current failing streak
     last_failure_ms: int | None = None
     consecutive_failures: int = 0
+    size_bytes: int | None = None  # size of the blob file at its last passing check (rewardable bytes)
 
     @property
     def failing(self) -> bool:

@@ -46,6 +46,14 @@ class Clock(StrEnum):
     wall = "wall"
 
 
+class Durability(StrEnum):
+    """When the round log is fdatasync'ed: every round, or by group commit every interval."""
+
+    round = "round"
+    pipelined = "pipelined"
+    interval = "interval"
+
+
 class Progress(StrEnum):
     """Whether the runner draws a progress display (`auto`: only on a terminal)."""
 
@@ -103,6 +111,11 @@ class RuntimeConf:
     tick_jitter_ms: int = 0
     metrics_port: int | None = None
     metrics_textfile: str | None = None
+    durability: Durability = Durability.round
+    durability_interval_ms: int = 1000
+    log_max_bytes: int = 64 * 1024 * 1024
+    log_keep: int = 8
+    log_compress: bool = False
 
 
 class Baseline(StrEnum):

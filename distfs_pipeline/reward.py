@@ -14,9 +14,11 @@ to the storage score, which does not use it.
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from .models import RoundReport, add_counts
 
@@ -55,12 +57,37 @@ class EpochAccumulator:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields in order (a shallow copy: `asdict`'s deep copy costs more than the round's I/O)."""
+        return {**vars(self), "failure_reasons": dict(self.failure_reasons)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochAccumulator:
         """Rebuild from `to_dict` output (a round-log record carries it across restarts)."""
         return cls(**{**data, "failure_reasons": dict(data.get("failure_reasons", {}))})
+
+
+class _Verified(Protocol):
+    last_result: str | None
+    size_bytes: int | None
+
+
+def verified_bytes(book: Mapping[str, _Verified], candidates: Sequence[str]) -> int:
+    """`rewardable_bytes`: the sizes of the blobs the node must hold whose last check passed.
+
+    Only bytes that exist and verify count: a blob never checked, failing at its last check or no
+    longer held counts nothing, and a size is the one of the file whose check passed (never an
+    index line's claim). `candidates` is the store's sorted must-hold list (index or listing);
+    cost O(book x log n), no file is touched.
+    """
+    total = 0
+    n = len(candidates)
+    for content_hash, record in book.items():
+        if record.last_result != "pass" or not record.size_bytes:
+            continue
+        at = bisect.bisect_left(candidates, content_hash)
+        if at < n and candidates[at] == content_hash:
+            total += record.size_bytes
+    return total
 
 
 def epoch_of(round_index: int, epoch_rounds: int) -> int:

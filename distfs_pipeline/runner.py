@@ -23,6 +23,8 @@ report per closed epoch), `summary.json` (written atomically at the end).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -35,17 +37,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import blobs, demo, reward
+from . import blobs, demo, journal, reward, safefile
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
-from .models import CursorState, RoundReport
+from .identity import Identity, ensure_identity
+from .models import I64_MAX, U64_MAX, CursorState, RoundReport
 from .pacing import Pacing
 from .state import (
     ROUND_LOG_NAME,
     Book,
+    LogOptions,
     Recovered,
     RoundJournal,
     StateLock,
+    canonical_state_path,
     recover,
     repair_tail,
     save_book,
@@ -161,24 +166,49 @@ def _make_auditor(settings: Settings, store: LocalCasStore, hooks: RunHooks) -> 
         raise UsageError(f"config: {err}") from None
 
 
-def rewardable_bytes(store: LocalCasStore) -> int:
-    """Bytes the node must hold: recorded sizes from the index, else sizes of the listed blobs.
+def blob_size(store: LocalCasStore, content_hash: str) -> int | None:
+    """The size of a blob file whose check just passed (the check verified its content hash)."""
+    try:
+        fd, st = safefile.open_read(store.blob_file(content_hash))
+    except (OSError, WorldError):
+        return None
+    os.close(fd)
+    return st.st_size
+
+
+def with_sizes(store: LocalCasStore, changes: dict[str, blobs.BlobRecord]) -> dict[str, blobs.BlobRecord]:
+    """Record the size of each blob that passed this round (O(checks), never O(store))."""
+    out = {}
+    for content_hash, record in changes.items():
+        if record.last_result == blobs.PASS:
+            size = blob_size(store, content_hash)
+            if size != record.size_bytes:
+                record = dataclasses.replace(record, size_bytes=size)
+        out[content_hash] = record
+    return out
+
+
+def blob_changes_json(changes: dict[str, blobs.BlobRecord]) -> dict[str, dict[str, Any]]:
+    """The round record's `blob_changes` (flat records: a shallow copy is the whole dict)."""
+    return {content_hash: dict(vars(record)) for content_hash, record in changes.items()}
+
+
+def rewardable_bytes(store: LocalCasStore, book: Book, warned: set[str] | None = None) -> int:
+    """Bytes that exist and verify: see `reward.verified_bytes` (the book, not the index's claims).
 
     A store whose index or listing cannot be read holds nothing rewardable (fail closed): the
-    run goes on, says so once here, and every round reports the failure as its error.
+    run goes on, says so once (per `warned`), and every round reports the failure as its error.
     """
     try:
-        if store.has_index():
-            return sum(store.index_sizes().values())
-        hashes = store.candidates()
+        candidates = store.candidates()
     except (WorldError, OSError) as err:
-        warn(f"store {store.root}: cannot tell what the node must hold ({err}); rewardable_bytes is 0")
+        message = f"store {store.root}: cannot tell what the node must hold ({err}); rewardable_bytes is 0"
+        if warned is None or message not in warned:
+            warn(message)
+            if warned is not None:
+                warned.add(message)
         return 0
-    total = 0
-    for content_hash in hashes:
-        with contextlib.suppress(OSError, WorldError):
-            total += store.blob_path(content_hash).stat().st_size
-    return total
+    return reward.verified_bytes(book, candidates)
 
 
 # --- clocks and stopping -------------------------------------------------------------------------
@@ -219,7 +249,15 @@ class VirtualClock:
         self.start, self.tick = start_unix_ms, tick_ms
 
     def next_round(self, history_index: int, stop: StopFlag) -> int | None:
-        return None if stop else self.start + history_index * self.tick
+        if stop:
+            return None
+        observed = self.start + history_index * self.tick
+        if observed > I64_MAX or history_index >= U64_MAX:  # refused before anything is written
+            raise UsageError(
+                f"runtime.start_unix_ms/tick_ms: round {history_index + 1} of this state would be observed "
+                "past i64 max on the virtual clock; use another runtime.state_path or an earlier start"
+            )
+        return observed
 
 
 class WallClock:
@@ -261,41 +299,51 @@ def warn(message: str) -> None:
 
 
 class EpochLog:
-    """epochs.jsonl of this run; the closing round's log record holds the authoritative copy."""
+    """epochs.jsonl of this run; the closing round's log record holds the authoritative copy.
 
-    def __init__(self, path: Path) -> None:
+    Lines are self-checking records of this state (`journal.encode_record`): an existing file of
+    another state (a shared run dir) is refused, never appended to.
+    """
+
+    def __init__(self, path: Path, identity: Identity) -> None:
         self.path = path
-        if path.exists():
-            repair_tail(path)
+        self.identity = identity
+        if os.path.lexists(path):
+            repair_tail(path, identity.state_id)
 
     def append(self, report: dict[str, Any]) -> None:
-        append_jsonl(self.path, report)
+        append_record(self.path, self.identity, report)
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line durably (epoch reports are rare, so fsync costs nothing)."""
-    with open(path, "ab") as handle:
-        handle.write(json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def append_record(path: Path, identity: Identity, record: dict[str, Any]) -> None:
+    """Append one record line durably (epoch reports are rare, so fsync costs nothing)."""
+    try:
+        fd = safefile.open_append(path)
+        try:
+            safefile.write_all(fd, journal.encode_record(identity.state_id, record))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise UsageError(f"epoch log {path}: cannot append: {safefile.describe(err)}") from None
 
 
-def _complete_previous_epoch_log(recovered: Recovered) -> None:
+def _complete_previous_epoch_log(recovered: Recovered, identity: Identity) -> None:
     """A kill between a round's commit and its epochs.jsonl line: write the line now, once."""
     record, log = recovered.last_record, recovered.log_path
     report = (record or {}).get("epoch_report")
     if report is None or log is None:
         return
     epochs = log.parent / EPOCHS_LOG
-    last = repair_tail(epochs) if epochs.exists() else None
+    last = repair_tail(epochs, identity.state_id) if os.path.lexists(epochs) else None
     if last is None or last.get("epoch") != report.get("epoch"):
-        append_jsonl(epochs, report)
+        append_record(epochs, identity, report)
 
 
 def _resume_epoch(recovered: Recovered, epoch_rounds: int) -> reward.EpochAccumulator:
     """Continue the open epoch from the last durable record, so restarts do not split epochs."""
     next_round = recovered.state.rounds_executed + 1
-    saved = (recovered.last_record or {}).get("epoch")
+    saved = (recovered.last_record or {}).get("epoch")  # a round record, or the WAL's carried one
     if isinstance(saved, dict) and not reward.is_epoch_end(recovered.state.rounds_executed, epoch_rounds):
         with contextlib.suppress(TypeError, ValueError):
             acc = reward.EpochAccumulator.from_dict(saved)
@@ -322,7 +370,9 @@ class _Run:
     hooks: RunHooks
     stop: StopFlag
     progress: Progress
+    store: LocalCasStore
     totals: RunTotals = field(default_factory=RunTotals)
+    warned: set[str] = field(default_factory=set)
     book: Book = field(default_factory=dict)  # per-blob history, durable beside the state file
     observer: Any = None  # metrics.Metrics: told after each durable round and at the end
 
@@ -331,7 +381,7 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
     """Run the configured rounds against the store and return the summary (also in summary.json).
 
     Raises `UsageError` for bad input found at run time (missing store root, corrupt or locked
-    state file); nothing has been written to the state file then.
+    state file, history of another identity); nothing has been written to the state file then.
     """
     hooks = hooks or RunHooks()
     run_dir = Path(run_dir).absolute()
@@ -343,21 +393,27 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
     auditor = _make_auditor(settings, store, hooks)
     state_path = Path(rt.state_path or "")
     started = time.monotonic()
-    with StateLock(state_path):
-        recovered = recover(state_path)
+    with _run_dir_lock(run_dir), StateLock(state_path):
+        state_path = canonical_state_path(state_path)
+        identity, _created = ensure_identity(
+            state_path, rt.world_id, rt.node_id, os.path.realpath(rt.storage_root or "")
+        )
+        recovered = recover(state_path, identity)
         for note in recovered.notes:
             warn(note)
-        _complete_previous_epoch_log(recovered)
-        run = _start(settings, run_dir, auditor, store, recovered, hooks)
+        _complete_previous_epoch_log(recovered, identity)
+        run = _start(settings, run_dir, auditor, store, recovered, hooks, identity)
         try:
             with _signals_handled(run.stop):
                 _loop(run)
-            save_book(state_path, run.book, run.state.rounds_executed)  # a checkpoint: replay starts here
+            run.journal.close(run.state)  # the state file's checkpoint, after the log's last sync
+            save_book(state_path, run.book, run.state.rounds_executed)  # replay starts here next time
         finally:
             run.journal.close()
             run.progress.close()
             if run.observer is not None:
                 run.observer.close(run.state)
+        run.rewardable = rewardable_bytes(store, run.book, run.warned)
     summary = build_summary(
         run.settings,
         run.run_dir,
@@ -369,9 +425,58 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
         elapsed_s=time.monotonic() - started,
         outputs=(ROUNDS_LOG, EPOCHS_LOG, SUMMARY_FILE),
     )
-    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode("utf-8") + b"\n")
-    print(format_summary(summary), flush=True)
+    write_atomic(
+        run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode("utf-8") + b"\n", what="summary"
+    )
+    _print_summary(format_summary(summary))
     return summary
+
+
+def _print_summary(text: str) -> None:
+    """The end table on stdout; a closed stdout (`| head`) ends the run quietly, the files are saved."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    except OSError as err:
+        raise UsageError(f"stdout: cannot write the summary: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive `flock` on the run dir itself for the run: two runs never share its files.
+
+    Taken on the directory (no file of ours to plant or leave behind); dropped by the kernel when
+    the run dies.
+    """
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise UsageError(f"run dir {run_dir}: cannot open: {err.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"run dir {run_dir} is in use by another run; give this run its own hydra.run.dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def log_options(settings: Settings) -> LogOptions:
+    rt = settings.runtime
+    return LogOptions(
+        durability=rt.durability,
+        durability_interval_ms=rt.durability_interval_ms,
+        log_max_bytes=rt.log_max_bytes,
+        log_keep=rt.log_keep,
+        log_compress=rt.log_compress,
+    )
 
 
 def _start(
@@ -381,18 +486,21 @@ def _start(
     store: LocalCasStore,
     recovered: Recovered,
     hooks: RunHooks,
+    identity: Identity,
 ) -> _Run:
     rt = settings.runtime
-    state_path = Path(rt.state_path or "")
+    state_path = canonical_state_path(Path(rt.state_path or ""))
     if recovered.book_round != recovered.state.rounds_executed:
         # Replay from the previous log has been applied: checkpoint it before the WAL moves on.
         save_book(state_path, recovered.book, recovered.state.rounds_executed)
     observer = _metrics(settings, store)
     if observer is not None:
         observer.start(recovered.state, recovered.book)  # every series at its value before round 1
-    journal = RoundJournal(state_path, run_dir / ROUNDS_LOG)
+    journal = RoundJournal(state_path, run_dir / ROUNDS_LOG, identity, log_options(settings))
     try:
-        journal.open()
+        epochs = EpochLog(run_dir / EPOCHS_LOG, identity)  # refuses another state's epochs.jsonl first
+        # The previous dir's epochs.jsonl is complete by now: carry only the open epoch's sums.
+        journal.open(recovered.state, {"epoch": (recovered.last_record or {}).get("epoch")})
     except BaseException:
         if observer is not None:
             observer.close(recovered.state)
@@ -403,15 +511,16 @@ def _start(
         run_dir=run_dir,
         auditor=auditor,
         journal=journal,
-        epochs=EpochLog(run_dir / EPOCHS_LOG),
+        epochs=epochs,
         state=recovered.state,
         epoch=_resume_epoch(recovered, rt.epoch_rounds),
-        rewardable=rewardable_bytes(store),
+        rewardable=0,  # computed when an epoch closes and at the end: O(book), from verified checks
         hooks=hooks,
         stop=StopFlag(),
         progress=Progress(rt.progress, rt.rounds),
         book=recovered.book,
         observer=observer,
+        store=store,
     )
 
 
@@ -482,14 +591,15 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     if run.hooks.before_round is not None:
         run.hooks.before_round(run.totals.rounds + 1, observed_ms)
     report, new_state = run.auditor.run_round(run.state, observed_ms)
-    changes = blobs.apply_report(run.book, report)
+    changes = with_sizes(run.store, blobs.apply_report(run.book, report))
     run.book.update(changes)
     epoch_rounds = run.settings.runtime.epoch_rounds
     run.epoch = run.epoch.add(report)
     record = {**report.to_dict(), "epoch": run.epoch.to_dict()}
-    record["blob_changes"] = {h: rec.to_dict() for h, rec in changes.items()}
+    record["blob_changes"] = blob_changes_json(changes)
     closed = None
     if reward.is_epoch_end(report.round_index, epoch_rounds):
+        run.rewardable = rewardable_bytes(run.store, run.book, run.warned)
         closed = reward.epoch_report(run.epoch, run.rewardable, epoch_rounds)
         record["epoch_report"] = closed
     run.journal.commit(record, new_state)
@@ -501,5 +611,8 @@ def _one_round(run: _Run, observed_ms: int) -> None:
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
     if run.observer is not None:
         run.observer.round(report, new_state, changes, run.book, time.monotonic() - started)
+    if run.journal.rotation_due():  # after the epoch line: a rotation never strands an epoch report
+        save_book(run.journal.state_path, run.book, new_state.rounds_executed)  # replay needs no old segment
+        run.journal.rotate(new_state)
     if run.hooks.on_round is not None:
         run.hooks.on_round(report)

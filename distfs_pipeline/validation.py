@@ -160,6 +160,22 @@ class RuntimeSettings(_Settings):
     metrics_textfile: str | None = Field(
         None, min_length=1, description="Write metrics in node_exporter's textfile format here (atomically)."
     )
+    durability: Literal["round", "pipelined", "interval"] = Field(
+        "round",
+        description="round: each round's log line is fdatasync'ed before the next round; pipelined: that "
+        "fdatasync overlaps the next round's checks (a power loss may cost the last round); interval: group "
+        "commit every durability_interval_ms (a power loss may cost that window). kill -9 loses nothing.",
+    )
+    durability_interval_ms: int = _i64(
+        1000, "Group-commit interval, and how often the state file is checkpointed (i64 > 0).", positive=True
+    )
+    log_max_bytes: int = _i64(
+        64 * 1024 * 1024, "Rotate the round log into a numbered segment at this size (0: never)."
+    )
+    log_keep: int = Field(
+        8, ge=0, le=1_000_000, description="Rotated round-log segments kept (older are removed)."
+    )
+    log_compress: bool = Field(False, description="gzip rotated round-log segments.")
 
     @field_validator("world_id", "node_id", "storage_root", "state_path", "metrics_textfile")
     @classmethod

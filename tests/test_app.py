@@ -143,7 +143,7 @@ def test_a_multirun_job_failing_at_run_time_fails_alone(tmp_path: Path, cache_ho
 
 def test_an_os_error_on_our_own_files_is_one_line_exit_2(tmp_path: Path, cache_home: Path) -> None:
     state = tmp_path / "state.json"
-    (tmp_path / "state.json.tmp").mkdir()  # the atomic write's temp file cannot be created
+    (tmp_path / "r" / "rounds.jsonl").mkdir(parents=True)  # the round log cannot be opened
     result = run_cli(
         tmp_path,
         cache_home,
@@ -153,7 +153,7 @@ def test_an_os_error_on_our_own_files_is_one_line_exit_2(tmp_path: Path, cache_h
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "state.json: cannot write" in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "rounds.jsonl: cannot open" in lines[0] and "Traceback" not in result.stderr
     assert not state.exists()
 
 

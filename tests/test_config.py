@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,10 +94,13 @@ def test_defaults_list_order_and_choices() -> None:
     ]
 
 
-def test_hydra_run_dir_keeps_hydra_default() -> None:
+def test_hydra_run_dir_is_hydras_default_made_unique_per_process() -> None:
+    from distfs_pipeline import resolvers
+
     cfg = compose("config", return_hydra_config=True)
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]  # type: ignore[index]
-    assert run_dir == "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    assert run_dir == "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-${distfs_run_id:}"
+    assert resolvers.run_id().startswith(f"{os.getpid()}-")
 
 
 @pytest.mark.parametrize(("group", "preset"), PRESETS)
@@ -162,6 +166,7 @@ def test_runtime_keys_match_the_architecture() -> None:
     expected = {"world_id", "node_id", "storage_root", "state_path", "clock", "start_unix_ms", "tick_ms"}
     expected |= {"rounds", "epoch_rounds", "progress"}
     expected |= {"tick_jitter_ms", "metrics_port", "metrics_textfile"}  # operations (issue 9)
+    expected |= {"durability", "durability_interval_ms", "log_max_bytes", "log_keep", "log_compress"}
     assert set(RuntimeSettings.model_fields) == expected
 
 
