@@ -594,3 +594,12 @@ def test_a_kill_right_after_a_rotation_strands_no_epoch_report(tmp_path: Path) -
     runner._complete_previous_epoch_log(recovered, identity)
     runner._complete_previous_epoch_log(recover(state, identity), identity)  # a second start: no duplicate
     assert [anonymous(e) for e in read_jsonl(run_dir / "epochs.jsonl")] == [report]
+
+
+def test_rewardable_bytes_of_compressed_blobs_are_their_decoded_size(tmp_path: Path) -> None:
+    """An O7CBLOB1 blob holds its decoded bytes: it earns that size, as the index records it."""
+    store = LocalCasStore(tmp_path / "store")
+    data = {store.put_bytes(bytes([i]) * 50_000): 50_000 for i in range(3)}
+    assert all(store.blob_path(h).stat().st_size < 50_000 for h in data)  # stored compressed
+    summary = run_audit(make_settings(storage_root=str(store.root), rounds=3), tmp_path / "run")
+    assert summary["rewardable_bytes"] == sum(data.values()) == sum(store.index_sizes().values())
