@@ -37,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import blobs, codec, demo, journal, reward, safefile
+from . import blobs, demo, journal, reward, safefile
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .identity import Identity, ensure_identity
@@ -167,23 +167,11 @@ def _make_auditor(settings: Settings, store: LocalCasStore, hooks: RunHooks) -> 
 
 
 def blob_size(store: LocalCasStore, content_hash: str) -> int | None:
-    """The decoded size of a blob whose check just passed (the check verified its content hash).
-
-    For an `O7CBLOB1` file that is the header's raw length (the size the node holds, as the index
-    records it), not the compressed file size; the 80-byte header is all that is read.
-    """
+    """The decoded size of a blob whose check just passed (the check verified its content hash)."""
     try:
-        fd, st = safefile.open_read(store.blob_file(content_hash))
+        return store.held_size(content_hash)
     except (OSError, WorldError):
         return None
-    try:
-        head = os.pread(fd, codec.HEADER_LEN, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    raw_len = codec.header_raw_len(head, content_hash, st.st_size)
-    return st.st_size if raw_len is None else raw_len
 
 
 def with_sizes(store: LocalCasStore, changes: dict[str, blobs.BlobRecord]) -> dict[str, blobs.BlobRecord]:

@@ -413,10 +413,25 @@ class LocalCasStore:
         the index when the first put on an upstream store creates it."""
         for content_hash, path in _valid_blob_files(self.blobs_dir):
             try:
-                size = os.stat(path).st_size
-            except OSError:
+                size = self.held_size(content_hash)
+            except (OSError, WorldError):
                 continue  # gone since the scan: it is not held, so nothing to record
             yield content_hash, size
+
+    def held_size(self, content_hash: str) -> int:
+        """The size of the blob the file holds: an `O7CBLOB1` header's raw length, else the file's.
+
+        Only the 80-byte header is read (never a decode), so this is a claim the header makes; callers
+        use it where the content has been or will be verified (after a passing check, to seed the
+        index). `OSError`/`WorldError` when the file cannot be opened as a regular file.
+        """
+        fd, st = safefile.open_read(self.blob_file(content_hash))
+        try:
+            head = os.pread(fd, codec.HEADER_LEN, 0)
+        finally:
+            os.close(fd)
+        raw_len = codec.header_raw_len(head, content_hash, st.st_size)
+        return st.st_size if raw_len is None else raw_len
 
     def _cached_listing(self) -> PackedHashes:
         """Upstream listing, relisted only when the blobs dir changed (its mtime or inode) or the

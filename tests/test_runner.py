@@ -316,7 +316,7 @@ def test_the_blob_book_is_durable_beside_the_state_and_survives_a_lost_snapshot(
     sizes = {h: r.size_bytes for h, r in load_book(state).items()}
     assert expected and without_sizes(load_book(state)) == expected
     store_files = LocalCasStore(store)
-    assert sizes == {h: store_files.blob_path(h).stat().st_size for h in expected}  # passed: real sizes
+    assert sizes == {h: len(store_files.get_verified(h)) for h in expected}  # passed: decoded sizes
     assert book_path(state).exists() and tree(store) == before  # beside the state, never in the store
     assert set(json.loads(state.read_text())) == set(load_state(state).to_dict())  # 14 keys only
     book_path(state).unlink()  # as if killed before the end-of-run snapshot
@@ -418,7 +418,7 @@ def test_rewardable_bytes_count_only_blobs_that_exist_and_verify(tmp_path: Path)
         handle.truncate(size)
     settings = make_settings(storage_root=str(root), rounds=8, epoch_rounds=4)
     summary = run_audit(settings, tmp_path / "run")
-    good = sum(store.blob_path(h).stat().st_size for h in hashes[2:])
+    good = sum(store.index_sizes()[h] for h in hashes[2:])
     assert summary["rewardable_bytes"] == good
     epochs = read_jsonl(tmp_path / "run" / "epochs.jsonl")
     assert epochs[-1]["rewardable_bytes"] == good and store.index_sizes()[lost] > 0
