@@ -44,7 +44,15 @@ from typing import Protocol
 import blake3
 
 from . import codec, safefile
-from .errors import BlobHashInvalid, BlobHashMismatch, BlobNotFound, DistributedValidationFailed, Io, Serde
+from .errors import (
+    BlobHashInvalid,
+    BlobHashMismatch,
+    BlobNotFound,
+    DistributedValidationFailed,
+    Io,
+    Serde,
+    WorldError,
+)
 from .fileops import (
     escaped_name,
     io_error,
@@ -411,7 +419,7 @@ class LocalCasStore:
     def _present_blob_sizes(self) -> Iterator[tuple[str, int]]:
         """(hash, size) of the blob files upstream would list (invalid names skipped): the seed of
         the index when the first put on an upstream store creates it."""
-        for content_hash, path in _valid_blob_files(self.blobs_dir):
+        for content_hash, _path in _valid_blob_files(self.blobs_dir):
             try:
                 size = self.held_size(content_hash)
             except (OSError, WorldError):
