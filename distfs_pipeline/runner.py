@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import demo, reward
+from . import blobs, demo, reward
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
@@ -140,6 +140,7 @@ def _make_auditor(settings: Settings, store: LocalCasStore, hooks: RunHooks) -> 
             policy=settings.adaptive_policy(),
             verify=settings.verify_options(),
             response_delay_ms=hooks.response_delay_ms,
+            measure_response_time=rt.clock == "wall",
         )
     except DistributedValidationFailed as err:  # validation refuses these first; belt and braces
         raise UsageError(f"config: {err}") from None
@@ -298,6 +299,7 @@ class _Run:
     stop: StopFlag
     progress: Progress
     totals: RunTotals = field(default_factory=RunTotals)
+    book: dict[str, blobs.BlobRecord] = field(default_factory=dict)
 
 
 def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) -> dict[str, Any]:
@@ -368,6 +370,7 @@ def _start(
         hooks=hooks,
         stop=StopFlag(),
         progress=Progress(rt.progress, rt.rounds),
+        book=dict(getattr(recovered, "book", None) or {}),
     )
 
 
@@ -409,7 +412,7 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     """Run, commit (write-ahead), then report a round; hooks see only durable rounds."""
     if run.hooks.before_round is not None:
         run.hooks.before_round(run.totals.rounds + 1, observed_ms)
-    report, new_state = run.auditor.run_round(run.state, observed_ms)
+    report, new_state = run.auditor.run_round(run.state, observed_ms, run.book)
     epoch_rounds = run.settings.runtime.epoch_rounds
     run.epoch = run.epoch.add(report)
     record = {**report.to_dict(), "epoch": run.epoch.to_dict()}
@@ -419,6 +422,7 @@ def _one_round(run: _Run, observed_ms: int) -> None:
         record["epoch_report"] = closed
     run.journal.commit(record, new_state)
     run.state = new_state
+    run.book.update(blobs.apply_report(run.book, report, run.auditor.policy))
     run.totals.add(report)
     if closed is not None:
         run.epochs.append(closed)
