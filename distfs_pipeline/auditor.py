@@ -134,19 +134,15 @@ class Auditor:
         """One check, answered at the stamped time, or (wall clock) when its read really ended."""
         observed_ms = report.observed_at_unix_ms
         delay = self._delay(request.content_hash)
-        answered_at = None
-        if self.measure_response_time:
+        skew = self.probe.allowed_clock_skew_ms
+        if not self.measure_response_time:
+            record_outcome(report, run_check(self._reader, request, observed_ms + delay, skew))
+            return
 
-            def answered_at() -> int:
-                return observed_ms + delay + int((time.monotonic() - started) * 1000)
+        def answered_at() -> int:
+            return observed_ms + delay + int((time.monotonic() - started) * 1000)
 
-        outcome = run_check(
-            self._reader,
-            request,
-            observed_ms + delay,
-            self.probe.allowed_clock_skew_ms,
-            answered_at=answered_at,
-        )
+        outcome = run_check(self._reader, request, observed_ms + delay, skew, answered_at=answered_at)
         record_outcome(report, outcome)
 
     def _run_checks(self, state: CursorState, report: RoundReport, hashes: Sequence[str]) -> None:

@@ -128,7 +128,12 @@ def apply_report(
         new = record_check(record, now, reason)
         if scheduling and policy is not None:
             new = precision.reschedule(
-                record, new, reason, now, policy, blamed_on_environment=blamed is not None and reason == blamed
+                record,
+                new,
+                reason,
+                now,
+                policy,
+                blamed_on_environment=blamed is not None and reason == blamed,
             )
             if reason is None and record.failing and policy.release_on_pass:
                 changed.update(precision.released({**book, **changed}, content_hash, record.last_reason, now))

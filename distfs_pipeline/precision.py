@@ -129,9 +129,7 @@ def _permutation(hashes: tuple[str, ...], seed: str, pass_no: int, jitter: bool)
         return tuple(sorted(hashes, key=lambda h: _keyed(prefix, h)))
     n = len(hashes)
     span = max(n // 2, 1)
-    return tuple(
-        h for _, h in sorted((i + _keyed(prefix, h) % span, h) for i, h in enumerate(hashes))
-    )
+    return tuple(h for _, h in sorted((i + _keyed(prefix, h) % span, h) for i, h in enumerate(hashes)))
 
 
 def slot_blob(hashes: Sequence[str], cursor: int, policy: AdaptivePolicy, seed: str) -> str:
@@ -171,21 +169,22 @@ def priority_slots(budget: int, round_number: int, share_percent: int) -> int:
 
 
 def _urgency(record: BlobRecord) -> int:
-    """Which due work goes first: proof of loss (watch for its repair), then containment re-asks,
-    then blobs whose environment backoff ran out or that a pass released."""
+    """Among work due at the same time, which goes first: proof of loss (watch for its repair),
+    then containment re-asks, then blobs whose backoff ran out or that a pass released. Only a
+    tie-breaker: oldest due first is what bounds every blob's wait."""
     if record.failing and is_loss(record.last_reason):
         return 0
     return 1 if record.contained else 2
 
 
 def due_blobs(hashes: Sequence[str], book: Mapping[str, BlobRecord], now_ms: int) -> list[str]:
-    """Candidates out of the rotation whose due time has come, most urgent then oldest first.
+    """Candidates out of the rotation whose due time has come, oldest first (then most urgent).
 
     O(book) per round: fine for the stores this tool audits (a sorted due index would make it
     O(due) if a store of millions of blobs ever needs it).
     """
     due = [
-        (_urgency(record), record.next_due_ms, h)
+        (record.next_due_ms, _urgency(record), h)
         for h, record in book.items()
         if record.next_due_ms is not None and record.next_due_ms <= now_ms
     ]
@@ -236,6 +235,8 @@ def plan_round(
         h = slot_blob(hashes, cursor + steps, policy, seed)
         steps += 1
         slots -= 1
+        if any(c.content_hash == h for c in checks):
+            continue  # a new pass's order can put a blob just checked next: once a round is enough
         if in_rotation(book.get(h)):
             checks.append(PlannedCheck(h, ROTATION, now_ms))
         elif queue:
@@ -261,7 +262,9 @@ def systemic_round(report: RoundReport, policy: AdaptivePolicy) -> FailureReason
 def _backoff_ms(policy: AdaptivePolicy, streak: int, reason: FailureReason) -> int:
     from .scheduler import compute_backoff  # scheduler imports models only; no cycle at call time
 
-    return compute_backoff(policy.backoff_base_ms, policy.backoff_max_ms, streak, policy.multiplier_for(reason))
+    return compute_backoff(
+        policy.backoff_base_ms, policy.backoff_max_ms, streak, policy.multiplier_for(reason)
+    )
 
 
 def reschedule(
