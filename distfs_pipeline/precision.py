@@ -35,9 +35,11 @@ round's slots (with one slot: every other round), plus any slot whose rotation b
 the rotation, so the cursor always advances and the rotation cannot starve.
 
 Bound (blob scope, property-tested in `tests/test_precision.py`): with n candidates, b slots per
-round and the longest delay D = max(backoff_max_ms, loss_recheck_ms), every blob is checked within
-`D / tick + 4 * ceil(n / ceil(b / 2))` rounds of its previous check (rotation: within two passes of
-at least one slot per two rounds; a due blob: served oldest first, at least one per two rounds).
+round, `priority_share_percent` s and the longest delay D = max(backoff_max_ms, loss_recheck_ms),
+every blob is checked within `D / tick + 4 * P + 1` rounds of its previous check, where
+P = ceil(100 * n / (b * (100 - s))) bounds the rounds one pass of the rotation takes: two passes for
+a blob in the rotation (a new order may put it first, then last), and at most two more for a due
+blob (served oldest first; every pass lends each out-of-rotation blob's own slot to due work).
 """
 
 from __future__ import annotations

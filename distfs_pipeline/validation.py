@@ -86,7 +86,7 @@ class PolicySettings(_Settings):
     # Ours (issue 10, `precision`); every default is upstream's behaviour.
     backoff_scope: Literal["node", "blob"] = Field(
         "node",
-        description="node: a failure round pauses all checks (upstream); blob: a failing blob backs off alone.",
+        description="node: a failure round pauses all checks (upstream); blob: a failing blob backs off.",
     )
     backoff_on_loss: bool = Field(
         True, description="false: HASH_MISMATCH, MISSING_SAMPLE and SIGNATURE_INVALID never start a backoff."

@@ -239,17 +239,22 @@ def _precise(**overrides: object) -> AdaptivePolicy:
 def test_no_blob_goes_unchecked_longer_than_the_stated_bound(
     n: int, budget: int, share: int, order: str, faults: list[FailureReason | None]
 ) -> None:
-    """Every blob is checked within D / tick + 4 * ceil(n / ceil(b / 2)) rounds of its last check
-    (D = max(backoff_max_ms, loss_recheck_ms); b = min(budget, n)), whatever the failures."""
+    """Every blob is checked within D / tick + 4 * P + 1 rounds of its last check, whatever the
+    failures: D = max(backoff_max_ms, loss_recheck_ms), P = ceil(100 * n / (b * (100 - share)))
+    the rounds one pass of the rotation can take (b = min(budget, n) slots, share % lent to due
+    work), two passes for a blob to come round again in a new order, and at most two more for a
+    due blob (due work is served oldest first, and every pass lends each out-of-rotation blob's
+    own slot to it)."""
     tick = 200
     policy = _precise(priority_share_percent=share, order=order)
     hashes = tuple(f"{i:064x}" for i in range(n))
     b = min(budget, n)
-    bound = max(policy.backoff_max_ms, policy.loss_recheck_ms) // tick + 4 * -(-n // -(-b // 2)) + 1
+    rounds_per_pass = -(-100 * n // (b * (100 - share)))
+    bound = max(policy.backoff_max_ms, policy.loss_recheck_ms) // tick + 4 * rounds_per_pass + 1
     book: dict[str, BlobRecord] = {}
     state = CursorState()
     last = {h: 0 for h in hashes}
-    for rnd in range(1, 6 * bound):
+    for rnd in range(1, 3 * bound):
         now = rnd * tick
         plan = precision.plan_round(hashes, book, state.next_blob_cursor, budget, now, rnd, policy, "p")
         checked = [c.content_hash for c in plan.checks]
