@@ -143,9 +143,19 @@ def slot_blob(hashes: Sequence[str], cursor: int, policy: AdaptivePolicy, seed: 
     return _permutation(tuple(hashes), seed, position // n, policy.order == "jitter")[position % n]
 
 
-def in_rotation(record: BlobRecord | None) -> bool:
-    """A blob without a due time is checked at its rotation slot; one with a due time is not."""
-    return record is None or record.next_due_ms is None
+def _waits_for_slot(record: BlobRecord) -> bool:
+    """An environment backoff only ever removes checks: once it ran out, the blob is back at its
+    rotation slot, never ahead of it (or a short backoff would check a slow disk more than once a
+    pass). Proof of loss, containment re-asks and released blobs are due work, served first."""
+    return _urgency(record) == 2
+
+
+def in_rotation(record: BlobRecord | None, now_ms: int | None = None) -> bool:
+    """Whether the blob is checked at its rotation slot: no due time, or (given `now_ms`) an
+    environment backoff that has run out."""
+    if record is None or record.next_due_ms is None:
+        return True
+    return now_ms is not None and record.next_due_ms <= now_ms and _waits_for_slot(record)
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,7 @@ def due_blobs(hashes: Sequence[str], book: Mapping[str, BlobRecord], now_ms: int
     due = [
         (record.next_due_ms, _urgency(record), h)
         for h, record in book.items()
-        if record.next_due_ms is not None and record.next_due_ms <= now_ms
+        if record.next_due_ms is not None and record.next_due_ms <= now_ms and not _waits_for_slot(record)
     ]
     if not due:
         return []
@@ -239,7 +249,7 @@ def plan_round(
         slots -= 1
         if any(c.content_hash == h for c in checks):
             continue  # a new pass's order can put a blob just checked next: once a round is enough
-        if in_rotation(book.get(h)):
+        if in_rotation(book.get(h), now_ms):
             checks.append(PlannedCheck(h, ROTATION, now_ms))
         elif queue:
             take_priority()  # the slot's own blob waits for its due time: lend the slot
@@ -308,15 +318,18 @@ def reschedule(
 def released(
     book: Mapping[str, BlobRecord], passed: str, reason: str | None, now_ms: int
 ) -> dict[str, BlobRecord]:
-    """Blobs backed off for environment `reason` made due now, because one of them just passed."""
+    """Blobs backed off for environment `reason`, re-asked now because one of them just passed.
+
+    A released blob is contained (due work, served ahead of the rotation) with its re-asks spent,
+    so a failure sends it straight back to its backoff. A release never postpones: a blob due
+    already keeps its place in the queue (oldest first is what bounds the wait).
+    """
     if reason is None or not is_environment(reason):
         return {}
     return {
-        h: dataclasses.replace(record, next_due_ms=now_ms)
+        h: dataclasses.replace(
+            record, next_due_ms=min(record.next_due_ms, now_ms), contained=max(record.contained, 1)
+        )
         for h, record in book.items()
-        if record.last_reason == reason
-        and record.failing
-        and record.next_due_ms is not None
-        and record.next_due_ms > now_ms
-        and h != passed
+        if record.last_reason == reason and record.failing and record.next_due_ms is not None and h != passed
     }

@@ -63,7 +63,7 @@ def test_a_backed_off_blob_leaves_its_slot_idle_or_lends_it_to_due_work() -> Non
     book = {HASHES[0]: BlobRecord(next_due_ms=5000)}
     idle = _plan(book, 0, 1, 1000, 2, BLOB)
     assert idle.checks == () and idle.cursor_steps == 1  # no check spent, the cursor moves on
-    book[HASHES[3]] = BlobRecord(next_due_ms=900)
+    book[HASHES[3]] = BlobRecord(last_result="fail", last_reason="MISSING_SAMPLE", next_due_ms=900)
     lent = _plan(book, 0, 1, 1000, 2, dataclasses.replace(BLOB, priority_share_percent=0))
     assert [(c.content_hash, c.kind) for c in lent.checks] == [(HASHES[3], "priority")]
     assert lent.cursor_steps == 1
@@ -76,7 +76,7 @@ def test_priority_share_is_exact_and_stateless() -> None:
     assert sum(precision.priority_slots(1, r, 100) for r in range(1, 101)) == 99  # capped at 99 %
 
 
-def test_due_work_oldest_first_then_loss_before_containment_before_backoff() -> None:
+def test_due_work_oldest_first_then_loss_before_containment() -> None:
     book = {
         HASHES[0]: BlobRecord(last_result="fail", last_reason="TIMEOUT", next_due_ms=900),
         HASHES[1]: BlobRecord(last_result="fail", last_reason="TIMEOUT", next_due_ms=100),
@@ -84,7 +84,9 @@ def test_due_work_oldest_first_then_loss_before_containment_before_backoff() -> 
         HASHES[3]: BlobRecord(last_result="fail", last_reason="MISSING_SAMPLE", next_due_ms=100),
         HASHES[4]: BlobRecord(next_due_ms=2000),  # not due yet
     }
-    assert precision.due_blobs(HASHES, book, 1000) == [HASHES[3], HASHES[2], HASHES[1], HASHES[0]]
+    assert precision.due_blobs(HASHES, book, 1000) == [HASHES[3], HASHES[2]]
+    # a run-out environment backoff is not due work: the blob is back at its rotation slot
+    assert precision.in_rotation(book[HASHES[1]], 1000) and not precision.in_rotation(book[HASHES[4]], 1000)
 
 
 def test_a_containment_re_ask_asks_the_same_sample() -> None:
