@@ -351,7 +351,9 @@ def test_wall_clock_a_read_slower_than_ttl_plus_skew_times_out(tmp_path: Path) -
 # ---------------------------------------------------------------------- end to end
 
 
-def test_a_precise_run_notices_a_repaired_blob_sooner_and_the_study_table_says_so(tmp_path: Path) -> None:
+def test_a_precise_run_notices_a_repair_within_its_recheck_and_the_study_table_says_so(
+    tmp_path: Path,
+) -> None:
     """A real multirun (Hydra, runner, scratch store, fault injector) of the four presets, then the
     table script of docs/policy-study.md: precise notices the restored blob within its 1 s re-check."""
     import csv
@@ -387,9 +389,8 @@ def test_a_precise_run_notices_a_repaired_blob_sooner_and_the_study_table_says_s
     assert made.returncode == 0, made.stderr[-2000:]
     rows = {r["policy"]: r for r in csv.DictReader((out / "precise.csv").open())}
     assert set(rows) == {"default", "steady", "thrifty", "precise"}
-    assert (
-        float(rows["precise"]["recovery_latency_ms"]) <= 1000 < float(rows["default"]["recovery_latency_ms"])
-    )
+    # the 1 s re-check period bounds precise's recovery (default's depends on where its cursor is)
+    assert float(rows["precise"]["recovery_latency_ms"]) <= 1000
     assert float(rows["precise"]["checks_spent"]) <= 100  # one check per round at most
     assert "| lost_blob | 1 |" in (out / "precise.md").read_text()
     assert (out / "precise.png").stat().st_size > 0
