@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .models import FailureReason, RoundReport
+from . import precision
+from .models import AdaptivePolicy, FailureReason, RoundReport
 
 PASS = "pass"
 FAIL = "fail"
@@ -38,6 +39,10 @@ class BlobRecord:
     last_failure_ms: int | None = None
     consecutive_failures: int = 0
     size_bytes: int | None = None  # size of the blob file at its last passing check (rewardable bytes)
+    # Scheduling (the precise policy, `precision`): None/0 under upstream's node-scope policy.
+    next_due_ms: int | None = None  # out of the rotation: checked ahead of it once this time comes
+    contained: int = 0  # re-asks spent on the current environment failure (Storj's containment)
+    contained_since_ms: int | None = None  # when the contained sample was first asked (its seed)
 
     @property
     def failing(self) -> bool:
@@ -100,19 +105,38 @@ def record_check(record: BlobRecord, observed_ms: int, reason: FailureReason | s
     )
 
 
-def apply_report(book: Mapping[str, BlobRecord], report: RoundReport) -> dict[str, BlobRecord]:
+def apply_report(
+    book: Mapping[str, BlobRecord], report: RoundReport, policy: AdaptivePolicy | None = None
+) -> dict[str, BlobRecord]:
     """The records this round changed (hash -> new record), in check order.
 
     A blob checked twice in one round (a small store, several checks per tick) is folded twice.
-    A skipped round, or a round that failed before any check, changes no record.
+    A skipped round, or a round that failed before any check, changes no record. With a
+    `backoff_scope=blob` policy each checked record also gets its schedule (`precision.reschedule`),
+    and `release_on_pass` may make other records due (they are among the changes too).
     """
+    scheduling = policy is not None and precision.per_blob(policy)
+    blamed = precision.systemic_round(report, policy) if scheduling and policy is not None else None
     failed: dict[str, list[FailureReason]] = {}
     for failure in report.failures:
         failed.setdefault(failure.content_hash, []).append(failure.reason)
     changed: dict[str, BlobRecord] = {}
+    now = report.observed_at_unix_ms
     for content_hash in report.checked_hashes:
         record = changed.get(content_hash) or book.get(content_hash) or BlobRecord()
         reasons = failed.get(content_hash)
         reason = reasons.pop(0) if reasons else None
-        changed[content_hash] = record_check(record, report.observed_at_unix_ms, reason)
+        new = record_check(record, now, reason)
+        if scheduling and policy is not None:
+            new = precision.reschedule(
+                record,
+                new,
+                reason,
+                now,
+                policy,
+                blamed_on_environment=blamed is not None and reason == blamed,
+            )
+            if reason is None and record.failing and policy.release_on_pass:
+                changed.update(precision.released({**book, **changed}, content_hash, record.last_reason, now))
+        changed[content_hash] = new
     return changed

@@ -12,7 +12,8 @@ classifies as TIMEOUT) must match. What is ours:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -453,9 +454,13 @@ def run_check(
     request: StorageChallengeRequest,
     responded_at_unix_ms: int,
     allowed_clock_skew_ms: int,
+    *,
+    answered_at: Callable[[], int] | None = None,
 ) -> CheckOutcome:
     """Issue, answer at `responded_at`, verify. Never raises: errors are classified failures.
 
+    With `answered_at` (the wall clock), the receipt is stamped with its value taken once the
+    answer's read has finished, so a read slower than TTL + skew fails as TIMEOUT.
     Error texts are prefixed with the phase (`issue:`, `answer:`, `verify:`) for the round log.
     """
     content_hash = request.content_hash
@@ -467,6 +472,8 @@ def run_check(
         receipt = answer_storage_challenge(reader, challenge, responded_at_unix_ms)
     except Exception as exc:
         return _error_outcome(content_hash, "answer", exc)
+    if answered_at is not None:
+        receipt = dataclasses.replace(receipt, responded_at_unix_ms=answered_at())
     try:
         verify_storage_challenge_receipt(challenge, receipt, allowed_clock_skew_ms)
     except WorldError as exc:  # upstream's `Err(_)`: validate_hash raises BlobHashInvalid

@@ -181,6 +181,18 @@ class AdaptivePolicy(_Record):
     backoff_multiplier_read_io_error: int = 1
     backoff_multiplier_signature_invalid: int = 1
     backoff_multiplier_unknown: int = 1
+    # Ours (issue 10, see `precision`): each default is upstream's behaviour, i.e. off.
+    backoff_scope: str = "node"  # node: upstream's node-wide pause; blob: each blob backs off alone
+    backoff_on_loss: bool = True  # False: HASH_MISMATCH/MISSING_SAMPLE/SIGNATURE_INVALID never back off
+    loss_recheck_ms: int = 0  # blob scope: re-check a blob that proved loss after this (0: at its slot)
+    containment_attempts: int = 0  # blob scope: re-ask an environment failure's sample N times first
+    confirm_loss: bool = False  # blob scope: re-read a first loss failure at once before condemning
+    release_on_pass: bool = False  # blob scope: a pass releases the blobs backed off for its reason
+    systemic_min_checks: int = 0  # blob scope: rounds of >= N checks may be blamed on the environment
+    systemic_percent: int = 50  # ... when more than this % of their checks fail one environment way
+    priority_share_percent: int = 50  # blob scope: most of a round's slots due blobs may take (< 100)
+    order: str = "rotate"  # rotate: upstream's cursor; shuffle: a seeded new permutation every pass
+    order_seed: str = ""  # mixed with world and node ids into the shuffle's seed
 
     def multiplier_for(self, reason: FailureReason) -> int:
         return int(getattr(self, f"backoff_multiplier_{reason.value.lower()}"))

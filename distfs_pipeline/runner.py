@@ -161,6 +161,7 @@ def _make_auditor(settings: Settings, store: LocalCasStore, hooks: RunHooks) -> 
             policy=settings.adaptive_policy(),
             verify=settings.verify_options(),
             response_delay_ms=hooks.response_delay_ms,
+            measure_response_time=rt.clock == "wall",
         )
     except DistributedValidationFailed as err:  # validation refuses these first; belt and braces
         raise UsageError(f"config: {err}") from None
@@ -588,8 +589,8 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     started = time.monotonic()
     if run.hooks.before_round is not None:
         run.hooks.before_round(run.totals.rounds + 1, observed_ms)
-    report, new_state = run.auditor.run_round(run.state, observed_ms)
-    changes = with_sizes(run.store, blobs.apply_report(run.book, report))
+    report, new_state = run.auditor.run_round(run.state, observed_ms, run.book)
+    changes = with_sizes(run.store, blobs.apply_report(run.book, report, run.auditor.policy))
     run.book.update(changes)
     epoch_rounds = run.settings.runtime.epoch_rounds
     run.epoch = run.epoch.add(report)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from . import precision
 from .errors import DistributedValidationFailed
 from .models import (
     I64_MAX,
@@ -94,6 +95,22 @@ def validate_policy(policy: AdaptivePolicy) -> None:
     for name in _MULTIPLIER_FIELDS:
         if getattr(policy, name) < 1:
             _fail(f"adaptive policy {POLICY_UPSTREAM_NAMES[name]} must be >= 1")
+    _validate_precise(policy)
+
+
+def _validate_precise(policy: AdaptivePolicy) -> None:
+    """Our keys (issue 10), after upstream's; named by their config keys."""
+    if policy.backoff_scope not in precision.SCOPES:
+        _fail(f"adaptive policy backoff_scope must be one of {', '.join(precision.SCOPES)}")
+    if policy.order not in precision.ORDERS:
+        _fail(f"adaptive policy order must be one of {', '.join(precision.ORDERS)}")
+    for name in ("loss_recheck_ms", "containment_attempts", "systemic_min_checks"):
+        if getattr(policy, name) < 0:
+            _fail(f"adaptive policy {name} must be >= 0")
+    if not 0 <= policy.systemic_percent <= 100:
+        _fail("adaptive policy systemic_percent must be within 0..=100")
+    if not 0 <= policy.priority_share_percent <= 99:
+        _fail("adaptive policy priority_share_percent must be within 0..=99")
 
 
 def compute_backoff(base_ms: int, max_ms: int, rounds: int, multiplier: int) -> int:
@@ -181,6 +198,8 @@ def _decide(
     reason = dominant_reason(report.failure_reasons)
     multiplier = min(policy.multiplier_for(reason), U32_MAX)  # a u32 upstream; keeps the state loadable
     backoff_ms = compute_backoff(policy.backoff_base_ms, policy.backoff_max_ms, streak, multiplier)
+    if precision.per_blob(policy) or (not policy.backoff_on_loss and reason in precision.LOSS):
+        backoff_ms = 0  # blob scope: the blobs back off, never the node; proven loss: never
     state.consecutive_failure_rounds = streak
     state.backoff_until_unix_ms = _sat_i64(observed + backoff_ms)
     state.cumulative_backoff_applied_ms = _sat_i64(state.cumulative_backoff_applied_ms + backoff_ms)
@@ -212,13 +231,24 @@ def next_cursor(cursor: int, total_checks: int, blob_count: int) -> int:
 
 
 def advance(
-    state: CursorState, report: RoundReport, policy: AdaptivePolicy, blob_count: int
+    state: CursorState,
+    report: RoundReport,
+    policy: AdaptivePolicy,
+    blob_count: int,
+    cursor_steps: int | None = None,
 ) -> tuple[CursorState, BackoffDecision]:
     """The state after a round that ran (SPEC 2.10 step 6), and the backoff decision taken.
 
     Returns a new state; `state` is never mutated, so a caller can persist or compare both. The
     round's time is `report.observed_at_unix_ms`; `blob_count` is the candidate count of the round.
+    A round planned by `precision` passes the rotation slots it walked as `cursor_steps` (its
+    priority checks do not move the cursor, its idle slots do); the cursor then wraps at
+    `precision.cursor_modulus` (n, or n passes times n with `order=shuffle`).
     """
     new, decision = _decide(_accumulate(state, report), report, policy)
-    new.next_blob_cursor = next_cursor(state.next_blob_cursor, report.total_checks, blob_count)
+    if cursor_steps is None:
+        new.next_blob_cursor = next_cursor(state.next_blob_cursor, report.total_checks, blob_count)
+    else:
+        modulus = precision.cursor_modulus(policy, blob_count)
+        new.next_blob_cursor = (state.next_blob_cursor + cursor_steps) % modulus if modulus else 0
     return new, decision

@@ -84,6 +84,48 @@ class PolicySettings(_Settings):
     backoff_multiplier_read_io_error: int = _multiplier("READ_IO_ERROR")
     backoff_multiplier_signature_invalid: int = _multiplier("SIGNATURE_INVALID")
     backoff_multiplier_unknown: int = _multiplier("UNKNOWN")
+    # Ours (issue 10, `precision`); every default is upstream's behaviour.
+    backoff_scope: Literal["node", "blob"] = Field(
+        "node",
+        description="node: a failure round pauses all checks (upstream); blob: a failing blob backs off.",
+    )
+    backoff_on_loss: bool = Field(
+        True, description="false: HASH_MISMATCH, MISSING_SAMPLE and SIGNATURE_INVALID never start a backoff."
+    )
+    loss_recheck_ms: int = _i64(
+        0, "Blob scope: re-check a blob that proved loss after this, ahead of the rotation (0: at its slot)."
+    )
+    containment_attempts: int = _u32(
+        0, 0, "Blob scope: re-ask an environment failure's sample this many times before it counts (0: off)."
+    )
+    confirm_loss: bool = Field(
+        False,
+        description="Blob scope: re-read a blob's first loss failure at the next round before condemning it.",
+    )
+    release_on_pass: bool = Field(
+        False,
+        description="Blob scope: a pass makes every blob backed off for the same environment reason due.",
+    )
+    systemic_min_checks: int = _u32(
+        0, 0, "Blob scope: a round of at least this many checks may be blamed on the environment (0: off)."
+    )
+    systemic_percent: int = Field(
+        50,
+        ge=0,
+        le=100,
+        description="... when more than this % of its checks fail with one environment reason.",
+    )
+    priority_share_percent: int = Field(
+        50,
+        ge=0,
+        le=99,
+        description="Blob scope: the share of check slots due blobs may take from the rotation (%).",
+    )
+    order: Literal["rotate", "shuffle", "jitter"] = Field(
+        "rotate",
+        description="rotate: upstream's cursor; shuffle: a seeded, reproducible new permutation every pass.",
+    )
+    order_seed: str = Field("", description="Mixed with the world and node ids into the shuffle's seed.")
 
     @field_validator("backoff_max_ms")
     @classmethod

@@ -93,7 +93,7 @@ def test_a_lone_legacy_base_flag_above_the_default_max_is_refused() -> None:
             ["~policy.backoff_base_ms"],
             "policy.backoff_base_ms: PolicyConf (DictConfig) does not support deletion",
         ),
-        (["policy=nope"], "policy: no option 'nope' (available: default, steady, thrifty)"),
+        (["policy=nope"], "policy: no option 'nope' (available: default, precise, steady, thrifty)"),
         (["probe=nope"], "probe: no option 'nope' (available: default, upstream_full)"),
         (["hydra/launcher=nope"], "hydra/launcher: no option 'nope'"),
         (["hydra.job.chdir=maybe"], "hydra.job.chdir: Value 'maybe' is not a valid bool"),
@@ -160,7 +160,7 @@ def test_missing_option_lists_the_users_presets_too(tmp_path: Path) -> None:
     searchpath = user_dir(tmp_path, {"policy/mine.yaml": "backoff_base_ms: 0\n"})
     assert (
         error([searchpath, "policy=nope"])
-        == "policy: no option 'nope' (available: default, mine, steady, thrifty)"
+        == "policy: no option 'nope' (available: default, mine, precise, steady, thrifty)"
     )
 
 
@@ -205,7 +205,7 @@ def test_bad_sweep_job_is_named() -> None:
 
 def test_sweep_over_a_missing_option_is_refused() -> None:
     assert error(["--multirun", "policy=default,nope"]) == (
-        "policy: no option 'nope' (available: default, steady, thrifty) [sweep job: policy=nope]"
+        "policy: no option 'nope' (available: default, precise, steady, thrifty) [sweep job: policy=nope]"
     )
 
 
