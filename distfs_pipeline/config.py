@@ -54,6 +54,13 @@ class Progress(StrEnum):
     never = "never"
 
 
+class LogFormat(StrEnum):
+    """How warnings and logs are written on stderr: `text` for people, `json` for log shippers."""
+
+    text = "text"
+    json = "json"
+
+
 # `models` uses `from __future__ import annotations`, so its field types are strings until resolved.
 _POLICY_HINTS = get_type_hints(AdaptivePolicy)
 
@@ -98,6 +105,7 @@ class RuntimeConf:
     rounds: int = 300
     epoch_rounds: int = 100
     progress: Progress = Progress.auto
+    log_format: LogFormat = LogFormat.text
 
 
 class Baseline(StrEnum):

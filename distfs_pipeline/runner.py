@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import demo, reward
+from . import demo, logs, reward, stopping
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .models import CursorState, RoundReport
@@ -181,6 +180,7 @@ class StopFlag:
         if self.signal_name is not None:
             raise KeyboardInterrupt  # second signal: stop now (the journal tolerates it)
         self.signal_name = signal.Signals(signum).name
+        stopping.note(self.signal_name)  # a multirun stops as a whole, not just this job
 
 
 @contextlib.contextmanager
@@ -188,7 +188,8 @@ def _signals_handled(stop: StopFlag) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread (e.g. a launcher's worker)
         return
-    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop.handle) for sig in stopping.HANDLED}
+    stop.signal_name = stop.signal_name or stopping.requested()  # one that came during start-up
     try:
         yield
     finally:
@@ -229,7 +230,7 @@ class WallClock:
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    logs.warn(message)
 
 
 # --- epochs --------------------------------------------------------------------------------------

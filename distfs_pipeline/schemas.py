@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as ModelError
 
 from .flags import OneLineArgumentParser
+from .resources import schema_dir
 from .validation import (
     CROSS_FIELD_TEMPLATES,
     PolicySettings,
@@ -40,7 +41,7 @@ from .validation import (
     describe_error_details,
 )
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = schema_dir()  # the packaged copy when installed, else the checkout's schemas/
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 EXIT_OK, EXIT_STALE, EXIT_INVALID = 0, 1, 2
 _SCHEMA_LINE = re.compile(r"^#\s*yaml-language-server:\s*\$schema=(\S+)", re.MULTILINE)

@@ -140,6 +140,9 @@ class RuntimeSettings(_Settings):
     progress: Literal["auto", "always", "never"] = Field(
         "auto", description="Progress display: auto (on a terminal), always or never."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Warnings and logs on stderr: text, or json (one object per line)."
+    )
 
     @field_validator("world_id", "node_id", "storage_root", "state_path")
     @classmethod
