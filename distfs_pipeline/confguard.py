@@ -172,8 +172,8 @@ def check_user_presets(config_loader: Any, config_name: str, overrides: list[str
     defaults = config_loader.compute_defaults_list(config_name, overrides, run_mode)
     repo = config_loader.repository
     for default in defaults.defaults:
-        if default.config_path is None:
-            continue
+        if default.config_path is None or default.primary:
+            continue  # the primary config is the one the user named (-cn): it is the command line
         loaded = repo.load_config(default.config_path)
         if loaded is None or loaded.provider not in USER_PROVIDERS:
             continue

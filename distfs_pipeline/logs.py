@@ -41,6 +41,7 @@ def warn(message: str) -> None:
 def set_format(log_format: str) -> None:
     """Remember the configured format (the progress line is text-only)."""
     TERMINAL.log_format = log_format
+    _ensure_handler()
 
 
 def progress_enabled(mode: str, stream: TextIO) -> bool:
@@ -119,7 +120,28 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+class _CurrentFormatter(logging.Formatter):
+    """Text or JSON, whichever `runtime.log_format` is now (the fallback handler's formatter)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        chosen = JsonFormatter() if TERMINAL.log_format == "json" else TextFormatter()
+        return chosen.format(record)
+
+
 def _ensure_handler() -> None:
-    """Outside any logging configuration (a library caller), a warning still reaches stderr."""
-    if not logging.getLogger().handlers and not LOGGER.handlers:
-        configure(TERMINAL.log_format)
+    """Our records reach stderr even where nobody configured logging for us (a library caller,
+    a test): unless the root logger has our handler (Hydra's job logging, `configure`), the
+    `distfs_pipeline` logger gets its own and stops propagating, so nothing prints twice."""
+    configured = any(isinstance(h, StderrHandler) for h in logging.getLogger().handlers)
+    own = [h for h in LOGGER.handlers if isinstance(h, StderrHandler)]
+    if configured:
+        for handler in own:
+            LOGGER.removeHandler(handler)
+        LOGGER.propagate = True
+    elif not own:
+        handler = StderrHandler()
+        handler.setFormatter(_CurrentFormatter())
+        LOGGER.addHandler(handler)
+        LOGGER.propagate = False
+        if LOGGER.getEffectiveLevel() > logging.INFO:
+            LOGGER.setLevel(logging.INFO)

@@ -89,6 +89,8 @@ def test_defaults_list_order_and_choices() -> None:
         {"runtime": "default"},
         {"scenario": "none"},
         {"override hydra/help": "distfs"},
+        {"override hydra/job_logging": "distfs"},
+        {"override hydra/hydra_logging": "distfs"},
         "_self_",
     ]
 
@@ -160,7 +162,7 @@ def test_runtime_wall_runs_until_stopped() -> None:
 
 def test_runtime_keys_match_the_architecture() -> None:
     expected = {"world_id", "node_id", "storage_root", "state_path", "clock", "start_unix_ms", "tick_ms"}
-    expected |= {"rounds", "epoch_rounds", "progress"}
+    expected |= {"rounds", "epoch_rounds", "progress", "log_format"}
     assert set(RuntimeSettings.model_fields) == expected
 
 
