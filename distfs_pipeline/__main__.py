@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         status = _dispatch(args)
-    except BrokenPipeError:
+    except (BrokenPipeError, stopping.StdoutClosed):
         status = _stdout_closed()
     except stopping.Interrupted as stop:
         print(f"distfs_pipeline: {stop}", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, run_job
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import (
     confguard,
@@ -52,6 +52,7 @@ from .validation import Settings, settings_from_cfg
 CONF_DIR = conf_dir()  # inside the installed package, or the checkout's conf/ (see resources)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = stopping.EXIT_INTERRUPTED
+RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 
 
 class JobFailed(CompactHydraException):
@@ -110,12 +111,12 @@ def _validated(hydra_app: Any, config_name: str, args: Any, mode: RunMode) -> Di
     multirun = mode == RunMode.MULTIRUN
     overrides = preflight._with_mode(args.overrides, multirun)
     cfg = preflight.compose_for_run(hydra_app, config_name, overrides, mode)
+    if confguard.has_user_search_path(cfg, args.config_dir):  # what a preset may set, first
+        confguard.check_user_presets(hydra_app.config_loader, config_name, overrides, mode)
     if multirun:
         preflight.check_sweep(cfg, config_name, args.overrides)
     else:
         preflight.prepare_job(cfg)
-    if confguard.has_user_search_path(cfg, args.config_dir):
-        confguard.check_user_presets(hydra_app.config_loader, config_name, overrides, mode)
     logs.set_format(str(OmegaConf.select(cfg, "runtime.log_format", default="text")))
     return cfg
 
@@ -162,6 +163,7 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
     except UsageError as err:
         return _usage(err)
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    _ray_cluster_init(cfg)
     with stopping.deferred():  # from here the jobs decide; the driver checks between them
         callbacks = Callbacks(cfg)
         callbacks.on_multirun_start(config=cfg, config_name=config_name)
@@ -179,6 +181,9 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
         except OSError as err:  # the launcher's mkdir or .hydra/ files
             return _usage(UsageError(f"hydra.sweep.dir: {describe_os_error(err)}"))
         except Exception as exc:
+            unreachable = _ray_unreachable(cfg, exc)
+            if unreachable is not None:
+                return _usage(unreachable)
             from hydra._internal.utils import run_and_report
 
             failure = exc
@@ -190,6 +195,34 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
         callbacks.on_multirun_end(config=cfg, config_name=config_name)
     stopping.check("during the sweep; the jobs it cut short are marked interrupted")
     return 0
+
+
+def _ray_address(cfg: DictConfig) -> str | None:
+    """The Ray address the sweep connects to (None: not Ray, or a new local Ray runtime)."""
+    if OmegaConf.select(cfg, "hydra.launcher._target_") != RAY_LAUNCHER:
+        return None
+    address = OmegaConf.select(cfg, "hydra.launcher.ray.init.address")
+    return None if address is None else str(address)
+
+
+def _ray_cluster_init(cfg: DictConfig) -> None:
+    """hydra-ray-launcher adds `object_store_memory` to `ray.init`, which Ray refuses when it
+    connects to an existing cluster (the cluster's own setting holds): leave it out then."""
+    if _ray_address(cfg) is None:
+        return
+    init = cfg.hydra.launcher.ray.init
+    with read_write(init), open_dict(init):
+        if init.get("object_store_memory") is None:
+            init.object_store_memory = None  # present, so the launcher's default is not added
+
+
+def _ray_unreachable(cfg: DictConfig, exc: Exception) -> UsageError | None:
+    """A Ray cluster that cannot be reached: one line naming the key, not Ray's traceback."""
+    address = _ray_address(cfg)
+    if address is None or not isinstance(exc, ConnectionError | TimeoutError):
+        return None
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return UsageError(f"hydra.launcher.ray.init.address: cannot reach a Ray cluster at {address} ({reason})")
 
 
 def _job(cfg: DictConfig) -> float | None:
@@ -212,8 +245,10 @@ def _job(cfg: DictConfig) -> float | None:
                 result = run_audit(settings, run_dir)
     except UsageError as err:
         fail(err)
-    except BrokenPipeError:
-        raise  # stdout closed: the run is saved (see __main__)
+    except BrokenPipeError:  # stdout closed after the run was saved (`| head`): not a failure
+        if _Process.driver:
+            raise stopping.StdoutClosed from None
+        return None
     except OSError as err:  # our own files (run dir, state, chunk cache): the path is the input
         fail(UsageError(describe_os_error(err)))
     if multirun and stopping.requested():

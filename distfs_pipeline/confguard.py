@@ -58,7 +58,12 @@ LOG_FORMATTER_FACTORIES = frozenset(
 )
 LOG_STREAMS = frozenset({"ext://sys.stderr", "ext://sys.stdout"})
 HYDRA_JOB_LOG = "${hydra.runtime.output_dir}/${hydra.job.name}.log"  # Hydra's own default file log
-USER_PROVIDERS = frozenset({"hydra.searchpath", "command-line"})
+
+
+def _is_user_provider(provider: str | None) -> bool:
+    """`hydra.searchpath` entries ("hydra.searchpath in command-line", "... in main") and
+    `--config-dir` ("command-line"): the user's directories, not ours, Hydra's or a plugin's."""
+    return provider is not None and (provider.startswith("hydra.searchpath") or provider == "command-line")
 
 
 # --- the hydra node ------------------------------------------------------------------------------
@@ -169,13 +174,23 @@ def check_user_presets(config_loader: Any, config_name: str, overrides: list[str
     header) several; anything reaching `hydra` (callbacks, launchers, logging, setup commands) or
     any other key is refused, naming the file.
     """
-    defaults = config_loader.compute_defaults_list(config_name, overrides, run_mode)
-    repo = config_loader.repository
+    from hydra._internal.defaults_list import create_defaults_list
+    from hydra.types import RunMode
+
+    # the repository with `hydra.searchpath` applied, as the compose itself builds it
+    parsed, repo = config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
+    defaults = create_defaults_list(
+        repo=repo,
+        config_name=config_name,
+        overrides_list=parsed,
+        prepend_hydra=True,
+        skip_missing=run_mode == RunMode.MULTIRUN,
+    )
     for default in defaults.defaults:
         if default.config_path is None or default.primary:
             continue  # the primary config is the one the user named (-cn): it is the command line
         loaded = repo.load_config(default.config_path)
-        if loaded is None or loaded.provider not in USER_PROVIDERS:
+        if loaded is None or not _is_user_provider(loaded.provider):
             continue
         where = f"{loaded.path}/{default.config_path}.yaml"
         package = default.package or ""

@@ -88,14 +88,14 @@ def preflight(argv_after_rewrite: list[str], config_dir: Path) -> None:
         assert hydra is not None
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         cfg = compose_for_run(hydra, config_name, _with_mode(args.overrides, multirun), mode)
+        if confguard.has_user_search_path(cfg, args.config_dir):
+            confguard.check_user_presets(hydra.config_loader, config_name, args.overrides, mode)
         if multirun:
             check_sweep(cfg, config_name, args.overrides)
         elif args.cfg is None:
             prepare_job(cfg)
         else:
             settings_from_cfg(cfg)
-        if confguard.has_user_search_path(cfg, args.config_dir):
-            confguard.check_user_presets(hydra.config_loader, config_name, args.overrides, mode)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

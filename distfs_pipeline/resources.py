@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CHECKOUT_DIR = PACKAGE_DIR.parent
 # The trees the build copies into the package (setup.py reads this too).
 SHIPPED_TREES = ("conf", "schemas")
 
@@ -20,7 +19,7 @@ SHIPPED_TREES = ("conf", "schemas")
 def resource_dir(name: str) -> Path:
     """`distfs_pipeline/<name>` when the package carries it (installed), else `<checkout>/<name>`."""
     packaged = PACKAGE_DIR / name
-    return packaged if packaged.is_dir() else CHECKOUT_DIR / name
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
 
 
 def conf_dir() -> Path:

@@ -31,6 +31,11 @@ class Interrupted(BaseException):
     so Hydra's job runner and launchers let it through instead of recording a failed job)."""
 
 
+class StdoutClosed(BaseException):
+    """stdout's reader went away (`| head`) after the job's files were saved: end quietly (a
+    `BaseException`, so Hydra's job runner does not record it as a failed job)."""
+
+
 class _State:
     requested: str | None = None
     installed = False
