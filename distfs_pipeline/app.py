@@ -53,6 +53,7 @@ CONF_DIR = conf_dir()  # inside the installed package, or the checkout's conf/ (
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = stopping.EXIT_INTERRUPTED
 RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 class JobFailed(CompactHydraException):
@@ -160,6 +161,7 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
 
     try:
         cfg = _validated(hydra_app, config_name, args, RunMode.MULTIRUN)
+        check_ray_reachable(cfg)
     except UsageError as err:
         return _usage(err)
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
@@ -214,6 +216,34 @@ def _ray_cluster_init(cfg: DictConfig) -> None:
     with read_write(init), open_dict(init):
         if init.get("object_store_memory") is None:
             init.object_store_memory = None  # present, so the launcher's default is not added
+
+
+def check_ray_reachable(cfg: DictConfig) -> None:
+    """Before the launcher's `ray.init`, which retries an unreachable cluster for minutes: one TCP
+    connect to the address the user gave (or `auto`'s: `RAY_ADDRESS`, else Ray's current-cluster
+    file), refused or silent within a few seconds -> one line naming the key."""
+    address = _ray_address(cfg)
+    if address is None:
+        return
+    key = "hydra.launcher.ray.init.address"
+    target = address
+    if target == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        if not target:
+            try:
+                target = Path("/tmp/ray/ray_current_cluster").read_text().strip()
+            except OSError:
+                raise UsageError(f"{key}: auto: no running Ray cluster found on this machine") from None
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # a form we do not parse: Ray's own errors apply
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(f"{key}: cannot reach a Ray cluster at {host}:{port} ({reason})") from None
 
 
 def _ray_unreachable(cfg: DictConfig, exc: Exception) -> UsageError | None:

@@ -397,3 +397,31 @@ def test_a_read_only_run_dir_is_one_line(tmp_path: Path, cache_home: Path) -> No
         )
         assert line.startswith("distfs_pipeline: error: hydra.run.dir: ") and "Read-only file system" in line
     assert list(source.iterdir()) == []
+
+
+# --- Ray ------------------------------------------------------------------------------------------
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_line(tmp_path: Path, cache_home: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = run_cli(
+        tmp_path,
+        cache_home,
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+        "policy=default,steady",
+        "runtime.rounds=1",
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+    )
+    line = one_error_line(result)
+    assert line == (
+        f"distfs_pipeline: error: hydra.launcher.ray.init.address: cannot reach a Ray cluster at "
+        f"127.0.0.1:{port} (Connection refused)"
+    )
+    assert time.monotonic() - started < 60 and not (tmp_path / "m").exists()
