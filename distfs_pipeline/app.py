@@ -132,7 +132,7 @@ def _run(hydra_app: Any, config_name: str, args: Any) -> int:
     except UsageError as err:
         return _usage(err)
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-    callbacks = Callbacks(cfg)
+    callbacks = Callbacks(_without_sweep_callbacks(cfg))
     callbacks.on_run_start(config=cfg, config_name=config_name)
     context = HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks)
     try:
@@ -151,6 +151,18 @@ def _run(hydra_app: Any, config_name: str, args: Any) -> int:
 
         run_and_report(lambda: ret.return_value)  # Hydra's report of an unexpected error, exit 1
     return 0
+
+
+def _without_sweep_callbacks(cfg: DictConfig) -> DictConfig:
+    """A single run needs no multirun callback (ours does nothing outside a multirun): not
+    instantiating it saves importing the sweep and study modules at every start."""
+    names = list(OmegaConf.select(cfg, "hydra.callbacks") or {})
+    if "sweep_summary" not in names:
+        return cfg
+    view = OmegaConf.masked_copy(cfg, ["hydra"])
+    with read_write(view.hydra), open_dict(view.hydra):
+        view.hydra.callbacks = {k: cfg.hydra.callbacks[k] for k in names if k != "sweep_summary"}
+    return view
 
 
 def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
