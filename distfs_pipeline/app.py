@@ -192,12 +192,12 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
         except stopping.Interrupted:
             callbacks.on_multirun_end(config=cfg, config_name=config_name)
             raise
-        except OSError as err:  # the launcher's mkdir or .hydra/ files
-            return _usage(UsageError(f"hydra.sweep.dir: {describe_os_error(err)}"))
         except Exception as exc:
             unreachable = _ray_unreachable(cfg, exc)
             if unreachable is not None:
                 return _usage(unreachable)
+            if isinstance(exc, OSError):  # the launcher's mkdir or .hydra/ files
+                return _usage(UsageError(f"hydra.sweep.dir: {describe_os_error(exc)}"))
             from hydra._internal.utils import run_and_report
 
             failure = exc
@@ -231,22 +231,22 @@ def _ray_cluster_init(cfg: DictConfig) -> None:
 
 
 def check_ray_reachable(cfg: DictConfig) -> None:
-    """Before the launcher's `ray.init`, which retries an unreachable cluster for minutes: one TCP
-    connect to the address the user gave (or `auto`'s: `RAY_ADDRESS`, else Ray's current-cluster
-    file), refused or silent within a few seconds -> one line naming the key."""
+    """Before the launcher's `ray.init`, which retries an unreachable cluster for minutes: resolve
+    the address as Ray does (`auto`, `localhost` -> this node's address), then one TCP connect with
+    a timeout; refused or silent -> one line naming the key."""
     address = _ray_address(cfg)
-    if address is None:
-        return
+    if address is None or address.startswith("ray://"):
+        return  # Ray Client addresses: Ray's own errors apply
     key = "hydra.launcher.ray.init.address"
-    target = address
-    if target == "auto":
-        target = os.environ.get("RAY_ADDRESS", "")
-        if not target:
-            try:
-                target = Path("/tmp/ray/ray_current_cluster").read_text().strip()
-            except OSError:
-                raise UsageError(f"{key}: auto: no running Ray cluster found on this machine") from None
-    host, _, port = target.removeprefix("ray://").rpartition(":")
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        target = canonicalize_bootstrap_address(address)
+    except Exception as exc:
+        raise UsageError(f"{key}: {address}: {' '.join(str(exc).split())[:200]}") from None
+    if target is None:
+        raise UsageError(f"{key}: {address}: no running Ray cluster found on this machine")
+    host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         return  # a form we do not parse: Ray's own errors apply
     import socket
@@ -255,7 +255,7 @@ def check_ray_reachable(cfg: DictConfig) -> None:
         socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise UsageError(f"{key}: cannot reach a Ray cluster at {host}:{port} ({reason})") from None
+        raise UsageError(f"{key}: cannot reach a Ray cluster at {address} ({reason})") from None
 
 
 def _ray_unreachable(cfg: DictConfig, exc: Exception) -> UsageError | None:

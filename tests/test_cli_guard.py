@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -425,3 +426,74 @@ def test_a_ray_cluster_that_cannot_be_reached_is_one_line(tmp_path: Path, cache_
         f"127.0.0.1:{port} (Connection refused)"
     )
     assert time.monotonic() - started < 60 and not (tmp_path / "m").exists()
+
+
+def test_the_readme_command_for_an_existing_ray_cluster_works(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real head node (`ray start --head`), then the README's command with its address: today's
+    hydra-ray-launcher would pass `object_store_memory`, which Ray refuses for a running cluster."""
+    import importlib.util
+    import shutil
+    import socket
+
+    if (
+        importlib.util.find_spec("ray") is None
+        or shutil.which("ray", path=str(Path(sys.executable).parent)) is None
+    ):
+        if os.environ.get("CI"):
+            pytest.fail("ray is not installed (pip install -e '.[test]')")
+        pytest.skip("ray is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway cluster: no token to hand around
+    ray = str(Path(sys.executable).parent / "ray")
+    short_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's unix sockets need a short path
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={short_temp}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, ended below by its id
+    )
+    try:
+        host, _, _ = canonicalize_bootstrap_address_or_die(f"127.0.0.1:{port}").rpartition(":")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and head.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+                break
+            time.sleep(0.5)
+        result = run_cli(
+            tmp_path,
+            cache_home,
+            "-m",
+            "hydra/launcher=ray",
+            f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+            "policy=default,steady",
+            "runtime.rounds=2",
+            f"hydra.sweep.dir={tmp_path / 'm'}",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = json.loads((tmp_path / "m" / "sweep_summary.json").read_text())["rows"]
+        assert [r["status"] for r in rows] == ["completed", "completed"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGINT)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(short_temp, ignore_errors=True)
