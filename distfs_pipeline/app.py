@@ -153,16 +153,13 @@ def _run(hydra_app: Any, config_name: str, args: Any) -> int:
     return 0
 
 
-def _without_sweep_callbacks(cfg: DictConfig) -> DictConfig:
-    """A single run needs no multirun callback (ours does nothing outside a multirun): not
-    instantiating it saves importing the sweep and study modules at every start."""
-    names = list(OmegaConf.select(cfg, "hydra.callbacks") or {})
-    if "sweep_summary" not in names:
-        return cfg
-    view = OmegaConf.masked_copy(cfg, ["hydra"])
-    with read_write(view.hydra), open_dict(view.hydra):
-        view.hydra.callbacks = {k: cfg.hydra.callbacks[k] for k in names if k != "sweep_summary"}
-    return view
+def _without_sweep_callbacks(cfg: DictConfig) -> DictConfig | None:
+    """What `Callbacks` instantiates for a single run: every callback but our multirun summary
+    (it does nothing outside a multirun), so a start does not import the sweep and study modules.
+    `Callbacks` reads only `hydra.callbacks`, so a small config carrying the others is enough."""
+    callbacks = OmegaConf.select(cfg, "hydra.callbacks") or {}
+    others = {k: callbacks[k] for k in callbacks if k != "sweep_summary"}
+    return OmegaConf.create({"hydra": {"callbacks": others}}) if others else None
 
 
 def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
