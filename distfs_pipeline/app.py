@@ -108,18 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         GlobalHydra.instance().clear()
 
 
-def _validated(hydra_app: Any, config_name: str, args: Any, mode: RunMode) -> DictConfig:
+def _validated(hydra_app: Any, config_name: str, args: Any, mode: RunMode) -> tuple[DictConfig, bool]:
+    """The run's one compose, validated; and whether every job of a sweep was checked here."""
     multirun = mode == RunMode.MULTIRUN
     overrides = preflight._with_mode(args.overrides, multirun)
     cfg = preflight.compose_for_run(hydra_app, config_name, overrides, mode)
     if confguard.has_user_search_path(cfg, args.config_dir):  # what a preset may set, first
         confguard.check_user_presets(hydra_app.config_loader, config_name, overrides, mode)
+    every_job_checked = False
     if multirun:
-        preflight.check_sweep(cfg, config_name, args.overrides)
+        every_job_checked = preflight.check_sweep(cfg, config_name, args.overrides)
     else:
         preflight.prepare_job(cfg)
     logs.set_format(str(OmegaConf.select(cfg, "runtime.log_format", default="text")))
-    return cfg
+    return cfg, every_job_checked
 
 
 def _run(hydra_app: Any, config_name: str, args: Any) -> int:
@@ -128,7 +130,7 @@ def _run(hydra_app: Any, config_name: str, args: Any) -> int:
     from hydra.core.utils import configure_log
 
     try:
-        cfg = _validated(hydra_app, config_name, args, RunMode.RUN)
+        cfg, _ = _validated(hydra_app, config_name, args, RunMode.RUN)
     except UsageError as err:
         return _usage(err)
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
@@ -169,7 +171,7 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
     from hydra.core.utils import configure_log
 
     try:
-        cfg = _validated(hydra_app, config_name, args, RunMode.MULTIRUN)
+        cfg, every_job_checked = _validated(hydra_app, config_name, args, RunMode.MULTIRUN)
         check_ray_reachable(cfg)
     except UsageError as err:
         return _usage(err)
@@ -182,6 +184,10 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
         sweeper = Plugins.instance().instantiate_sweeper(
             config=cfg, hydra_context=context, task_function=_job
         )
+        if every_job_checked and type(sweeper).__name__ == "BasicSweeper":
+            # every job was composed and validated above: Hydra's batch check would compose each
+            # again, serially in this process, before any job starts (9 composes for a 3x3 sweep)
+            sweeper.validate_batch_is_legal = lambda batch: None  # type: ignore[method-assign]
         task_overrides = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)
         assert isinstance(task_overrides, list)
         try:

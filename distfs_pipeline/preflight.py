@@ -291,11 +291,16 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 # Multirun: expand the sweep as Hydra's BasicSweeper does, validate each job.
 
 
-def check_sweep(cfg: DictConfig, config_name: str, overrides: list[str]) -> None:
-    """A multirun's base config (`cfg`, composed by the caller) and every job it will launch."""
+def check_sweep(cfg: DictConfig, config_name: str, overrides: list[str]) -> bool:
+    """A multirun's base config (`cfg`, composed by the caller) and every job it will launch.
+
+    Returns whether every job was composed and validated here (no interval sweep, at most
+    `MAX_SWEEP_JOBS` jobs): then Hydra's basic sweeper need not compose each batch again.
+    """
     confguard.check_hydra_node(cfg)
     _check_output_dir(cfg, "hydra.sweep.dir")
     _validate_sweep(config_name, overrides)
+    return _SweepCoverage.complete
 
 
 def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
@@ -312,7 +317,10 @@ def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
     base = _compose(config_name, fixed)  # also reads the sweeper's own `params`
     cache = {tuple(sorted(fixed)): base}
     from_config = [f"{k}={v}" for k, v in (OmegaConf.select(base, "hydra.sweeper.params") or {}).items()]
-    dimensions = _sweep_dimensions(_parse_overrides(parser, from_config) + command_line)
+    every = _parse_overrides(parser, from_config) + command_line
+    dimensions = _sweep_dimensions(every)
+    enumerable = all(o.is_discrete_sweep() for o in every if o.is_sweep_override())
+    _SweepCoverage.complete = enumerable and math.prod(len(d) for d in dimensions) <= MAX_SWEEP_JOBS
     states: dict[Path, int] = {}
     saved = HydraConfig.instance().cfg
     try:
@@ -338,6 +346,12 @@ def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
     finally:
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
     return base
+
+
+class _SweepCoverage:
+    """Whether the last `_validate_sweep` covered every job of the sweep."""
+
+    complete = False
 
 
 def _job_state_path(job_cfg: DictConfig) -> Path:
