@@ -62,6 +62,13 @@ class Progress(StrEnum):
     never = "never"
 
 
+class LogFormat(StrEnum):
+    """How warnings and logs are written on stderr: `text` for people, `json` for log shippers."""
+
+    text = "text"
+    json = "json"
+
+
 # `models` uses `from __future__ import annotations`, so its field types are strings until resolved.
 _POLICY_HINTS = get_type_hints(AdaptivePolicy)
 
@@ -116,6 +123,7 @@ class RuntimeConf:
     log_max_bytes: int = 64 * 1024 * 1024
     log_keep: int = 8
     log_compress: bool = False
+    log_format: LogFormat = LogFormat.text
 
 
 class Baseline(StrEnum):

@@ -9,6 +9,11 @@ sweep does not fail at job 37 after hours of work.
 
 Speed: one Hydra initialization, one compose per distinct set of config-group choices; the plain
 `key=value` overrides of each job are then applied to a copy with Hydra's own override code.
+
+The app (`app.main`) does not call `preflight` for a run: it composes once, in the Hydra session
+the run then uses, and calls `prepare_job` (single run) or `check_sweep` (multirun) on that
+config, so a job is composed once and Hydra's own interpolations (`${hydra:runtime.output_dir}`)
+resolve as they will in the job. `preflight` remains the one-call check (tests, `--cfg`).
 """
 
 from __future__ import annotations
@@ -33,20 +38,26 @@ from hydra._internal.utils import create_config_search_path, get_args_parser
 from hydra.compose import compose
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import MissingConfigException, OverrideParseException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.plugins.config_source import ConfigSource
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from . import config  # noqa: F401  (importing registers the structured-config schema)
+from . import (
+    confguard,
+    config,  # noqa: F401  (importing registers the structured-config schema)
+)
 from .errors import UsageError
 from .validation import settings_from_cfg
 
 MAX_SWEEP_JOBS = 256
 PRIMARY_CONFIG = "config"
+TASK_NAME = "app"  # hydra.job.name, as `@hydra.main` in app.py names it
 # Flags that run no job: nothing to validate (and `--version` would exit inside argparse).
 _LIST_INDEX = re.compile(r"\[(\d+)\]")
 _VERSION_FLAGS = frozenset({"--version"})
@@ -71,15 +82,109 @@ def preflight(argv_after_rewrite: list[str], config_dir: Path) -> None:
         return
     config_name = args.config_name or PRIMARY_CONFIG
     main_dir = _main_config_dir(args.config_path, config_dir)
+    multirun = args.multirun or "hydra.mode=MULTIRUN" in args.overrides
     with _hydra_session(main_dir, args.config_dir):
-        if args.multirun or "hydra.mode=MULTIRUN" in args.overrides:
-            cfg = _validate_sweep(config_name, args.overrides)
-            _check_output_dir(cfg, "hydra.sweep.dir")
+        hydra = GlobalHydra.instance().hydra
+        assert hydra is not None
+        mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        cfg = compose_for_run(hydra, config_name, _with_mode(args.overrides, multirun), mode)
+        if confguard.has_user_search_path(cfg, args.config_dir):
+            confguard.check_user_presets(hydra.config_loader, config_name, args.overrides, mode)
+        if multirun:
+            check_sweep(cfg, config_name, args.overrides)
+        elif args.cfg is None:
+            prepare_job(cfg)
         else:
-            cfg = _compose(config_name, args.overrides)
             settings_from_cfg(cfg)
-            if args.cfg is None:
-                _check_output_dir(cfg, "hydra.run.dir")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Hydra's own argument parser, failing with a `UsageError`; Hydra's flag checks as one line."""
+    args = _parse_args(argv)
+    _check_commands(args)
+    return args
+
+
+def runs_no_job(argv: list[str]) -> bool:
+    """Help, info, version, completion, rerun: Hydra's own path, nothing to validate or run."""
+    return any(token.split("=", 1)[0] in _NO_JOB_FLAGS for token in argv)
+
+
+def _with_mode(overrides: Sequence[str], multirun: bool) -> list[str]:
+    """What Hydra's `_run_app` appends: the mode, unless the command line sets it."""
+    if any(o.startswith("hydra.mode=") for o in overrides):
+        return list(overrides)
+    return [*overrides, "hydra.mode=MULTIRUN" if multirun else "hydra.mode=RUN"]
+
+
+def open_session(main_dir: str, extra_dir: str | None) -> Hydra:
+    """The Hydra session a run uses (left initialized: the caller clears `GlobalHydra`)."""
+    search_path = _search_path(main_dir, extra_dir)
+    version.setbase("1.3")
+    return Hydra.create_main_hydra2(task_name=TASK_NAME, config_search_path=search_path)
+
+
+def compose_for_run(hydra: Hydra, config_name: str, overrides: Sequence[str], mode: RunMode) -> DictConfig:
+    """The one compose of a run (or of a sweep's base), as `Hydra.run`/`multirun` compose it."""
+    try:
+        return hydra.compose_config(
+            config_name=config_name, overrides=list(overrides), run_mode=mode, with_log_configuration=False
+        )
+    except Exception as exc:
+        raise UsageError(describe_compose_error(exc)) from None
+
+
+def prepare_job(
+    cfg: DictConfig, job_dir_key: str = "hydra.run.dir", job_subdir_key: str | None = None
+) -> Any:
+    """Fix the job's output dir as `run_job` will compute it, then validate: settings, the hydra
+    node's callables, and where the job's files go. Returns the `Settings`.
+
+    The dir is resolved once and written back as a literal (`${now:...}` could otherwise tick
+    between this check and Hydra's `mkdir`), and Hydra's config is set, so `${hydra:...}`
+    interpolations in our keys resolve exactly as in the job.
+    """
+    confguard.check_hydra_node(cfg)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        run_dir = str(OmegaConf.select(cfg, job_dir_key))
+        if job_subdir_key is not None:
+            run_dir = os.path.join(run_dir, str(OmegaConf.select(cfg, job_subdir_key)))
+    except Exception as exc:
+        raise UsageError(f"{job_dir_key}: {_first_line(exc)}") from None
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        if job_subdir_key is None:
+            cfg.hydra.run.dir = run_dir
+        cfg.hydra.runtime.output_dir = os.path.abspath(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    settings = settings_from_cfg(cfg)
+    check_job_files(settings, Path(os.path.abspath(run_dir)), job_dir_key)
+    return settings
+
+
+def check_job_files(settings: Any, run_dir: Path, dir_key: str) -> Path:
+    """The job's run dir, state file and chunk/listing cache: outside the store, not under a file.
+    Returns the state path the job will use."""
+    from . import demo
+    from .runner import RunHooks, resolve_settings
+
+    rt, probe = settings.runtime, settings.probe
+    store_root = Path(rt.storage_root) if rt.storage_root is not None else demo.default_demo_root()
+    resolved = resolve_settings(settings, run_dir, RunHooks(store_root=store_root))
+    state_key = "runtime.state_path" if rt.state_path is not None else dir_key
+    cache_key = "probe.chunk_cache_dir" if probe.chunk_cache_dir is not None else state_key
+    cache_dir = resolved.probe.chunk_cache_dir
+    state_path = Path(resolved.runtime.state_path)
+    confguard.check_paths(
+        store_root,
+        run_dir,
+        dir_key,
+        state_path,
+        state_key,
+        Path(cache_dir) if cache_dir is not None else None,
+        cache_key,
+    )
+    return state_path
 
 
 def _check_commands(args: argparse.Namespace) -> None:
@@ -147,22 +252,28 @@ def _main_config_dir(config_path: str | None, default: Path) -> str:
     return str(path.resolve())
 
 
-@contextmanager
-def _hydra_session(main_dir: str, extra_dir: str | None) -> Iterator[None]:
-    """What `initialize_config_dir(version_base="1.3")` does, plus Hydra's `--config-dir` handling.
-
-    The global Hydra state is restored on exit, so `@hydra.main` starts clean afterwards.
-    """
+def _search_path(main_dir: str, extra_dir: str | None) -> Any:
+    """Hydra's search path for `main_dir`, with `--config-dir` as Hydra adds it."""
     search_path = create_config_search_path(main_dir)
     if extra_dir is not None:
         abs_dir = os.path.abspath(extra_dir)
         if not os.path.isdir(abs_dir):
             raise UsageError(f"--config-dir: directory not found: {abs_dir}")
         search_path.prepend("command-line", f"file://{abs_dir}", anchor=SearchPathQuery(provider="schema"))
+    return search_path
+
+
+@contextmanager
+def _hydra_session(main_dir: str, extra_dir: str | None) -> Iterator[None]:
+    """What `initialize_config_dir(version_base="1.3")` does, plus Hydra's `--config-dir` handling.
+
+    The global Hydra state is restored on exit, so `@hydra.main` starts clean afterwards.
+    """
+    search_path = _search_path(main_dir, extra_dir)
     backup = get_gh_backup()
     try:
         version.setbase("1.3")
-        Hydra.create_main_hydra2(task_name="distfs_pipeline", config_search_path=search_path)
+        Hydra.create_main_hydra2(task_name=TASK_NAME, config_search_path=search_path)
         yield
     finally:
         restore_gh_from_backup(backup)
@@ -180,22 +291,80 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 # Multirun: expand the sweep as Hydra's BasicSweeper does, validate each job.
 
 
+def check_sweep(cfg: DictConfig, config_name: str, overrides: list[str]) -> bool:
+    """A multirun's base config (`cfg`, composed by the caller) and every job it will launch.
+
+    Returns whether every job was composed and validated here (no interval sweep, at most
+    `MAX_SWEEP_JOBS` jobs): then Hydra's basic sweeper need not compose each batch again.
+    """
+    confguard.check_hydra_node(cfg)
+    _check_output_dir(cfg, "hydra.sweep.dir")
+    _validate_sweep(config_name, overrides)
+    return _SweepCoverage.complete
+
+
 def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
-    """Validate every job (up to `MAX_SWEEP_JOBS`); returns the config of the sweep's fixed part."""
+    """Validate every job (up to `MAX_SWEEP_JOBS`); returns the config of the sweep's fixed part.
+
+    Each job is checked as it will run: its number set (`${hydra:job.num}` resolves), its dir,
+    state file and caches outside the store, and no state file shared by two jobs: jobs of a
+    parallel launcher would fight over its lock, and sequential ones would silently continue each
+    other's history, so it is refused the same way on every launcher.
+    """
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     command_line = _parse_overrides(parser, overrides)
     fixed = [_as_text(o) for o in command_line if not o.is_sweep_override() and not _is_plain_value(o)]
     base = _compose(config_name, fixed)  # also reads the sweeper's own `params`
     cache = {tuple(sorted(fixed)): base}
     from_config = [f"{k}={v}" for k, v in (OmegaConf.select(base, "hydra.sweeper.params") or {}).items()]
-    dimensions = _sweep_dimensions(_parse_overrides(parser, from_config) + command_line)
-    for job in _capped_jobs(dimensions, MAX_SWEEP_JOBS):
-        try:
-            settings_from_cfg(_compose_job(config_name, job, parser, cache))
-        except UsageError as exc:
+    every = _parse_overrides(parser, from_config) + command_line
+    dimensions = _sweep_dimensions(every)
+    enumerable = all(o.is_discrete_sweep() for o in every if o.is_sweep_override())
+    _SweepCoverage.complete = enumerable and math.prod(len(d) for d in dimensions) <= MAX_SWEEP_JOBS
+    states: dict[Path, int] = {}
+    saved = HydraConfig.instance().cfg
+    try:
+        for number, job in enumerate(_capped_jobs(dimensions, MAX_SWEEP_JOBS)):
             swept = " ".join(choice for choice, dim in zip(job, dimensions, strict=True) if len(dim) > 1)
-            raise UsageError(f"{exc} [sweep job: {swept}]" if swept else str(exc)) from None
+            try:
+                job_cfg = _compose_job(config_name, job, parser, cache)
+                with read_write(job_cfg.hydra), open_dict(job_cfg.hydra):
+                    job_cfg.hydra.job.num = number
+                    job_cfg.hydra.job.id = str(number)
+                    job_cfg.hydra.mode = RunMode.MULTIRUN
+                state = _job_state_path(job_cfg)
+            except UsageError as exc:
+                raise UsageError(f"{exc} [sweep job: {swept}]" if swept else str(exc)) from None
+            if state in states:
+                raise UsageError(
+                    f"runtime.state_path: {state} would be shared by sweep jobs {states[state]} and "
+                    f"{number}; "
+                    "leave it null (each job keeps its state in its own dir) or make it per job, e.g. "
+                    "runtime.state_path='${hydra:runtime.output_dir}/probe-state.json'"
+                )
+            states[state] = number
+    finally:
+        HydraConfig.instance().cfg = saved  # type: ignore[assignment]
     return base
+
+
+class _SweepCoverage:
+    """Whether the last `_validate_sweep` covered every job of the sweep."""
+
+    complete = False
+
+
+def _job_state_path(job_cfg: DictConfig) -> Path:
+    HydraConfig.instance().set_config(job_cfg)
+    try:
+        job_dir = os.path.join(str(job_cfg.hydra.sweep.dir), str(job_cfg.hydra.sweep.subdir))
+    except Exception as exc:
+        raise UsageError(f"hydra.sweep.subdir: {_first_line(exc)}") from None
+    with read_write(job_cfg.hydra), open_dict(job_cfg.hydra):
+        job_cfg.hydra.runtime.output_dir = os.path.abspath(job_dir)
+    HydraConfig.instance().set_config(job_cfg)
+    settings = settings_from_cfg(job_cfg)
+    return check_job_files(settings, Path(os.path.abspath(job_dir)), "hydra.sweep.dir")
 
 
 def _as_text(override: Override) -> str:

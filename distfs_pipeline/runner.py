@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import blobs, demo, journal, reward, safefile
+from . import blobs, demo, journal, logs, reward, safefile, stopping
 from .auditor import Auditor
 from .errors import DistributedValidationFailed, UsageError, WorldError
 from .identity import Identity, ensure_identity
@@ -226,6 +225,7 @@ class StopFlag:
         if self.signal_name is not None:
             raise KeyboardInterrupt  # second signal: stop now (the journal tolerates it)
         self.signal_name = signal.Signals(signum).name
+        stopping.note(self.signal_name)  # a multirun stops as a whole, not just this job
 
 
 @contextlib.contextmanager
@@ -233,7 +233,8 @@ def _signals_handled(stop: StopFlag) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread (e.g. a launcher's worker)
         return
-    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop.handle) for sig in stopping.HANDLED}
+    stop.signal_name = stop.signal_name or stopping.requested()  # one that came during start-up
     try:
         yield
     finally:
@@ -291,7 +292,7 @@ class WallClock:
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    logs.warn(message)
 
 
 # --- epochs --------------------------------------------------------------------------------------
@@ -427,21 +428,8 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
     write_atomic(
         run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode("utf-8") + b"\n", what="summary"
     )
-    _print_summary(format_summary(summary))
+    print(format_summary(summary), flush=True)  # a closed stdout: `__main__` ends quietly, all is saved
     return summary
-
-
-def _print_summary(text: str) -> None:
-    """The end table on stdout; a closed stdout (`| head`) ends the run quietly, the files are saved."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-    except OSError as err:
-        raise UsageError(f"stdout: cannot write the summary: {err.strerror or err}") from None
 
 
 @contextlib.contextmanager

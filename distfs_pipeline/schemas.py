@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as ModelError
 
 from .flags import OneLineArgumentParser
+from .resources import schema_dir
 from .validation import (
     CROSS_FIELD_TEMPLATES,
     PolicySettings,
@@ -40,7 +41,7 @@ from .validation import (
     describe_error_details,
 )
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = schema_dir()  # the packaged copy when installed, else the checkout's schemas/
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 EXIT_OK, EXIT_STALE, EXIT_INVALID = 0, 1, 2
 _SCHEMA_LINE = re.compile(r"^#\s*yaml-language-server:\s*\$schema=(\S+)", re.MULTILINE)
@@ -57,6 +58,25 @@ class HydraHelpFile(BaseModel):
     template: str = Field("", description="The whole help page; may use Hydra's $APP_CONFIG_GROUPS, $CONFIG.")
 
 
+class HydraLoggingFile(BaseModel):
+    """Our `hydra/job_logging` and `hydra/hydra_logging` configs: Python's logging dictConfig.
+
+    The app allows only its own handler and formatters there (`confguard`); this schema checks
+    the shape for editors.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: int = Field(1, ge=1, le=1, description="dictConfig schema version (always 1).")
+    formatters: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Formatters by name.")
+    filters: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Filters (not allowed).")
+    handlers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Handlers by name.")
+    loggers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Loggers by name.")
+    root: dict[str, Any] | None = Field(None, description="The root logger: level and handlers.")
+    disable_existing_loggers: bool = Field(False, description="Silence loggers made before this config.")
+    incremental: bool = Field(False, description="Must stay false.")
+
+
 # schema name -> the model it is generated from (and the pydantic pass of `validate`)
 MODELS: dict[str, type[BaseModel]] = {
     "config": Settings,
@@ -65,6 +85,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "runtime": RuntimeSettings,
     "scenario": ScenarioSettings,
     "hydra_help": HydraHelpFile,
+    "hydra_logging": HydraLoggingFile,
 }
 
 _DEFAULTS_LIST = {
@@ -84,7 +105,7 @@ def _file_schema(name: str, model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     schema["$schema"] = DIALECT
     schema["title"] = f"distfs_pipeline {name}"
-    if name != "hydra_help":
+    if name not in ("hydra_help", "hydra_logging"):
         schema["properties"]["defaults"] = _DEFAULTS_LIST
     if name == "config":
         schema["properties"]["hydra"] = {
@@ -139,6 +160,8 @@ def schema_name_for(path: Path, text: str) -> str | None:
         return parent.name
     if parent.name == "help" and parent.parent.name == "hydra":
         return "hydra_help"
+    if parent.name in ("job_logging", "hydra_logging") and parent.parent.name == "hydra":
+        return "hydra_logging"
     if path.stem == "config":
         return "config"
     return None

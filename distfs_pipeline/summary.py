@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from . import reward
+from . import logs, reward
 from .models import CursorState, RoundReport, add_counts
 from .state import Recovered
 from .validation import Settings
@@ -76,7 +76,7 @@ class Progress:
 
     def __init__(self, mode: str, planned: int, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.enabled = mode == "always" or (mode == "auto" and _isatty(self.stream))
+        self.enabled = logs.progress_enabled(mode, self.stream)
         self.planned = planned
         self.started = time.monotonic()
         self._last_draw = 0.0
@@ -96,12 +96,13 @@ class Progress:
             f"{now - self.started:.1f}s "
         )
         self.stream.flush()
-        self._drawn = True
+        self._drawn = logs.TERMINAL.progress_shown = True
 
     def close(self) -> None:
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+            logs.TERMINAL.progress_shown = False
 
 
 def _isatty(stream: IO[str]) -> bool:

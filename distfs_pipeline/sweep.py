@@ -40,6 +40,7 @@ from .study import RESULT_FILE, write_json_atomic
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_PNG = "sweep_summary.png"
+INTERRUPTED = "interrupted"
 DIED = "job did not finish: no end was recorded (its worker died or was killed)"
 
 # Columns of the CSV and the printed table, in order; metric columns follow study.StudyMetrics.
@@ -102,7 +103,7 @@ def end_record(previous: Mapping[str, Any] | None, job_return: JobReturn) -> dic
     if job_return.status == JobStatus.COMPLETED:
         value = job_return._return_value
         record.setdefault("metrics", {})
-        if record.get("status") != "failed":
+        if record.get("status") not in ("failed", INTERRUPTED):  # a stop request cut it short
             record["status"] = "completed"
         if record.get("objective") is None and isinstance(value, int | float):
             record["objective"] = float(value)
@@ -113,6 +114,17 @@ def end_record(previous: Mapping[str, Any] | None, job_return: JobReturn) -> dic
     text = str(error) if isinstance(error, CompactHydraException) else f"{type(error).__name__}: {error}"
     record.setdefault("error", text)
     return record
+
+
+def mark_interrupted(job_dir: Path, signal_name: str) -> None:
+    """A job cut short (or never started) by a stop request: `interrupted`, never `completed`,
+    with what it did (a study's metrics, or an audit's run totals)."""
+    record = read_json(job_dir / RESULT_FILE) or {}
+    record["status"] = INTERRUPTED
+    record["error"] = f"interrupted by {signal_name}"
+    if not record.get("metrics"):
+        record["metrics"] = _audit_metrics(job_dir)
+    write_json_atomic(job_dir / RESULT_FILE, record)
 
 
 def _audit_metrics(job_dir: Path) -> dict[str, Any]:
@@ -285,13 +297,15 @@ def write_summary(sweep_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]
     writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
     _write_text_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
     failed = [r for r in rows if r["status"] != "completed"]
+    interrupted = sum(1 for r in rows if r["status"] == INTERRUPTED)
     write_json_atomic(
         sweep_dir / SUMMARY_JSON,
         {
             "sweep_dir": str(sweep_dir),
             "jobs": len(rows),
             "completed": len(rows) - len(failed),
-            "failed": len(failed),
+            "failed": len(failed) - interrupted,
+            "interrupted": interrupted,
             "rows": rows,
         },
     )
@@ -656,7 +670,11 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         if row["error"]:
             out.append(f"    error: {row['error']}")
     completed = sum(1 for r in rows if r["status"] == "completed")
-    out.append(f"{len(rows)} jobs: {completed} completed, {len(rows) - completed} failed")
+    interrupted = sum(1 for r in rows if r["status"] == INTERRUPTED)
+    stopped = f", {interrupted} interrupted" if interrupted else ""
+    out.append(
+        f"{len(rows)} jobs: {completed} completed, {len(rows) - completed - interrupted} failed{stopped}"
+    )
     out.append("front: D = on the checks/detection Pareto front of its scenario, R = checks/recovery")
     return "\n".join(out)
 

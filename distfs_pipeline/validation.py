@@ -218,6 +218,9 @@ class RuntimeSettings(_Settings):
         8, ge=0, le=1_000_000, description="Rotated round-log segments kept (older are removed)."
     )
     log_compress: bool = Field(False, description="gzip rotated round-log segments.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Warnings and logs on stderr: text, or json (one object per line)."
+    )
 
     @field_validator("world_id", "node_id", "storage_root", "state_path", "metrics_textfile")
     @classmethod

@@ -290,7 +290,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_no_round(tmp_path: Path, 
 
 
 @pytest.mark.parametrize(
-    ("sub", "problem"), [("", "exists but is not a directory"), ("/sub", "cannot be created")]
+    ("sub", "problem"), [("", "afile is not a directory"), ("/sub", "which is not a directory")]
 )
 def test_an_unusable_chunk_cache_dir_is_one_line_exit_2(
     tmp_path: Path, cache_home: Path, sub: str, problem: str

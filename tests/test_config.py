@@ -90,6 +90,8 @@ def test_defaults_list_order_and_choices() -> None:
         {"runtime": "default"},
         {"scenario": "none"},
         {"override hydra/help": "distfs"},
+        {"override hydra/job_logging": "distfs"},
+        {"override hydra/hydra_logging": "distfs"},
         "_self_",
     ]
 
@@ -167,6 +169,7 @@ def test_runtime_keys_match_the_architecture() -> None:
     expected |= {"rounds", "epoch_rounds", "progress"}
     expected |= {"tick_jitter_ms", "metrics_port", "metrics_textfile"}  # operations (issue 9)
     expected |= {"durability", "durability_interval_ms", "log_max_bytes", "log_keep", "log_compress"}
+    expected |= {"log_format"}  # logging (issue 9)
     assert set(RuntimeSettings.model_fields) == expected
 
 

@@ -251,8 +251,9 @@ def test_jobs_are_capped_and_cover_every_value(monkeypatch: pytest.MonkeyPatch) 
 
     validated: list[object] = []
     monkeypatch.setattr(pf, "MAX_SWEEP_JOBS", 5)
-    monkeypatch.setattr(pf, "settings_from_cfg", validated.append)
-    preflight(["-m", "probe.challenges_per_tick=range(1,50)", "policy.backoff_base_ms=0,1,2"], CONF)
+    real = pf.settings_from_cfg
+    monkeypatch.setattr(pf, "settings_from_cfg", lambda cfg: validated.append(cfg) or real(cfg))
+    preflight(["-m", "probe.challenges_per_tick=range(1,50)", "runtime.rounds=1,2,3"], CONF)
     assert len(validated) == 5
 
 

@@ -15,7 +15,7 @@ from distfs_pipeline.schemas import MODELS, build_schemas, main, render, schema_
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_YAMLS = sorted((ROOT / "conf").rglob("*.yaml"))
-EXPECTED = {"config", "policy", "probe", "runtime", "scenario", "hydra_help"}
+EXPECTED = {"config", "policy", "probe", "runtime", "scenario", "hydra_help", "hydra_logging"}
 
 
 def write(path: Path, text: str) -> Path:
@@ -73,6 +73,8 @@ def test_every_conf_yaml_names_its_schema_for_editors(path: Path) -> None:
     expected = path.parent.name if path.parent.name in EXPECTED else {"config": "config"}.get(path.stem)
     if path.parent.name == "help":
         expected = "hydra_help"
+    if path.parent.name in ("job_logging", "hydra_logging"):
+        expected = "hydra_logging"
     assert target.name == schema_filename(str(expected))
 
 

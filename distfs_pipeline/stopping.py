@@ -1,0 +1,131 @@
+"""SIGINT, SIGTERM and SIGHUP, from the first instruction to the last, in one place.
+
+Why one module: a stop request must be honoured wherever it lands. Before a job has started
+(imports, composing, validation) there is nothing to save, so the process stops at once with one
+line (`Interrupted`, exit status 130). While a job runs, the runner's own handler lets the round
+in flight finish and be saved; the request is remembered here (`note`), so that a multirun stops
+as a whole: the driver starts no further job, a joblib worker is told too (`_forward`), and every
+job the request cut short is recorded as interrupted, not completed. A second signal always stops
+at once (`KeyboardInterrupt`), which the round journal tolerates like a kill.
+
+Handlers can only be set from the main thread; in a thread (a launcher's worker thread) they are
+not, and the request is whatever the main thread saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(BaseException):
+    """A stop request honoured at a point where nothing is left half-done (not an `Exception`,
+    so Hydra's job runner and launchers let it through instead of recording a failed job)."""
+
+
+class StdoutClosed(BaseException):
+    """stdout's reader went away (`| head`) after the job's files were saved: end quietly (a
+    `BaseException`, so Hydra's job runner does not record it as a failed job)."""
+
+
+class _State:
+    requested: str | None = None
+    installed = False
+    deferred = 0  # > 0: record only (a job is running, or this is a launcher's worker process)
+
+
+_state = _State()
+
+
+def install(*, record_only: bool = False) -> None:
+    """Handle the three signals in this process (idempotent). `record_only`: never raise on the
+    first signal (a worker process of a launcher, where only the job may decide to stop)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if record_only and not _state.installed:
+        _state.deferred += 1
+    if not _state.installed:
+        for sig in HANDLED:
+            signal.signal(sig, _handle)
+        _state.installed = True
+
+
+def install_in_job() -> None:
+    """In a job's process: the driver installed the handlers already; a worker gets record-only ones."""
+    install(record_only=True)
+
+
+def requested() -> str | None:
+    """The name of the signal that asked us to stop (None: no request)."""
+    return _state.requested
+
+
+def note(signal_name: str) -> None:
+    """A handler of the runner saw `signal_name`: remember it for the rest of the process."""
+    if _state.requested is None:
+        _state.requested = signal_name
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """While a job runs: a first signal is only recorded (the runner stops after its round)."""
+    _state.deferred += 1
+    try:
+        yield
+    finally:
+        _state.deferred -= 1
+
+
+def check(where: str) -> None:
+    """Raise `Interrupted` if a stop was requested (called where stopping loses nothing)."""
+    if _state.requested is not None:
+        raise Interrupted(f"interrupted by {_state.requested} {where}")
+
+
+def reset_for_tests() -> None:
+    """Forget any request (tests that run several apps in one process)."""
+    _state.requested = None
+
+
+def _handle(signum: int, _frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    if _state.requested is not None:
+        raise KeyboardInterrupt  # second signal: stop now
+    _state.requested = name
+    _forward(signum)
+    if _state.deferred == 0:
+        raise Interrupted(f"interrupted by {name} before the run started; nothing was run")
+
+
+def _forward(signum: int) -> None:
+    """Pass the request on to this process's joblib (loky) workers, so their running job stops
+    after its round and their next jobs are recorded as interrupted. Other children (Ray's
+    runtime, loky's resource tracker) are left alone. Linux: children come from /proc."""
+    for pid in _children():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"popen_loky" in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return pids
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
