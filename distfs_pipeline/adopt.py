@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .args import OneLineArgumentParser
 from .challenge import classify_world_error_reason
 from .errors import BlobNotFound, WorldError
-from .flags import OneLineArgumentParser
 from .store import LocalCasStore
 
 PROG = "python -m distfs_pipeline.adopt"

@@ -24,8 +24,9 @@ from .models import (
     DEFAULT_CHALLENGES_PER_TICK,
     DEFAULT_MAX_SAMPLE_BYTES,
     AdaptivePolicy,
+    FaultKind,
+    TargetOrder,
 )
-from .scenarios import FaultKind, TargetOrder  # Hydra-free; `FaultConf` below types its keys with them
 
 SCHEMA_NAME = "pipeline_schema"
 

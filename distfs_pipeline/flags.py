@@ -14,11 +14,10 @@ No Hydra import here: the Hydra flag names below are checked against Hydra's par
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import Literal
 
 from .errors import UsageError
 from .models import I64_MAX, I64_MIN, U32_MAX
@@ -189,11 +188,3 @@ def _check_max_not_below_base(final: dict[str, int]) -> None:
     base, high = final.get(BASE_FLAG), final.get(MAX_FLAG)
     if base is not None and high is not None and high < base:
         raise UsageError(f"{MAX_FLAG} must be >= {BASE_FLAG} ({high} < {base})")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse for our helper commands (`schemas`, `sweep`) in the project's error style: one line
-    `<prog>: error: <message> (see --help)` and exit status 2, not the usage block first."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

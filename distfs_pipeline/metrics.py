@@ -35,12 +35,11 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__, safefile
+from . import safefile
 from .blobs import BlobRecord
 from .errors import UsageError, WorldError
 from .models import CursorState, FailureReason, RoundReport
 from .pacing import bytes_read_so_far
-from .validation import Settings
 
 PREFIX = "distfs_pipeline"
 REASONS = tuple(reason.value for reason in FailureReason)
@@ -315,25 +314,3 @@ class Metrics:
     def _read_bytes(self) -> int:
         now = bytes_read_so_far()
         return max(0, now - self._read_at_start) if now is not None else 0
-
-
-def from_settings(settings: Settings, store: Any) -> Metrics | None:
-    """The observer for `runtime.metrics_port` / `runtime.metrics_textfile`; None when both are off.
-
-    A textfile inside the audited store is refused: the store is read-only to an audit.
-    """
-    rt = settings.runtime
-    if rt.metrics_port is None and rt.metrics_textfile is None:
-        return None
-    textfile = Path(rt.metrics_textfile).absolute() if rt.metrics_textfile is not None else None
-    if textfile is not None and rt.storage_root is not None:
-        root = Path(rt.storage_root).resolve()
-        if textfile.parent.resolve() == root or textfile.parent.resolve().is_relative_to(root):
-            raise UsageError(f"runtime.metrics_textfile: {textfile} is inside the audited store {root}")
-    identity = {
-        "world_id": rt.world_id,
-        "node_id": rt.node_id,
-        "store_root": str(rt.storage_root),
-        "version": __version__,
-    }
-    return Metrics(identity, store, port=rt.metrics_port, textfile=textfile)

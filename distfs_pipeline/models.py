@@ -404,3 +404,23 @@ class VerifyOptions(_Record):
     cache_dir: str | None = None
     full_verify_every: int = 0
     full_verify_interval_ms: int = 7 * 24 * 3600 * 1000
+
+
+# --- study vocabulary (plain enums, shared by the scenario schema and the fault injector) ---------
+
+
+class FaultKind(StrEnum):
+    """What happens to the target blobs (see the module docstring)."""
+
+    bit_rot = "bit_rot"
+    delete = "delete"
+    truncate = "truncate"
+    unreadable = "unreadable"
+    slow = "slow"
+
+
+class TargetOrder(StrEnum):
+    """How candidates are ordered before `target_index` picks from them."""
+
+    by_hash = "by_hash"
+    largest_first = "largest_first"

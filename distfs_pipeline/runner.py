@@ -512,12 +512,28 @@ def _start(
 
 
 def _metrics(settings: Settings, store: LocalCasStore) -> Any:
-    """The metrics observer (`metrics.py`), imported only when `runtime.metrics_*` asks for it."""
-    if settings.runtime.metrics_port is None and settings.runtime.metrics_textfile is None:
-        return None
-    from .metrics import from_settings
+    """The metrics observer (`metrics.py`, imported only when `runtime.metrics_*` asks for it).
 
-    return from_settings(settings, store)
+    A textfile inside the audited store is refused: the store is read-only to an audit.
+    """
+    rt = settings.runtime
+    if rt.metrics_port is None and rt.metrics_textfile is None:
+        return None
+    from . import __version__
+    from .metrics import Metrics
+
+    textfile = Path(rt.metrics_textfile).absolute() if rt.metrics_textfile is not None else None
+    if textfile is not None and rt.storage_root is not None:
+        root = Path(rt.storage_root).resolve()
+        if textfile.parent.resolve() == root or textfile.parent.resolve().is_relative_to(root):
+            raise UsageError(f"runtime.metrics_textfile: {textfile} is inside the audited store {root}")
+    identity = {
+        "world_id": rt.world_id,
+        "node_id": rt.node_id,
+        "store_root": str(rt.storage_root),
+        "version": __version__,
+    }
+    return Metrics(identity, store, port=rt.metrics_port, textfile=textfile)
 
 
 def _warn_if_empty(store: LocalCasStore) -> None:

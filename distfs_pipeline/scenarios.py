@@ -31,7 +31,6 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +38,11 @@ import blake3
 
 from .chunks import rekey_cache_files
 from .errors import UsageError, WorldError
+from .models import FaultKind, TargetOrder
 from .store import LocalCasStore
-
 
 # Member names are lowercase and equal their values: `config.FaultConf` uses these enums too, and
 # OmegaConf matches enum values by member *name*, so YAML and overrides read `kind: bit_rot`.
-class FaultKind(StrEnum):
-    """What happens to the target blobs (see the module docstring)."""
-
-    bit_rot = "bit_rot"
-    delete = "delete"
-    truncate = "truncate"
-    unreadable = "unreadable"
-    slow = "slow"
-
-
-class TargetOrder(StrEnum):
-    """How candidates are ordered before `target_index` picks from them."""
-
-    by_hash = "by_hash"
-    largest_first = "largest_first"
-
-
 FILE_KINDS = frozenset({FaultKind.bit_rot, FaultKind.delete, FaultKind.truncate, FaultKind.unreadable})
 
 

@@ -29,7 +29,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as ModelError
 
-from .flags import OneLineArgumentParser
+from .args import OneLineArgumentParser
 from .resources import schema_dir
 from .validation import (
     CROSS_FIELD_TEMPLATES,

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from . import reward, safefile, state
+from .args import OneLineArgumentParser
 from .blobs import BlobRecord
 from .errors import UsageError, WorldError
-from .flags import OneLineArgumentParser
 from .models import CursorState
 from .store import LocalCasStore
 

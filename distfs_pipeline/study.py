@@ -21,8 +21,6 @@ sweep summary never loses a job (see `sweep`).
 
 from __future__ import annotations
 
-import json
-import os
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from typing import Any
 from . import demo
 from .errors import UsageError, WorldError
 from .models import RoundReport
+from .results import RESULT_FILE, job_identity, write_json_atomic
 from .runner import DEFAULT_STATE_FILE, RunHooks, run_audit
 from .scenarios import (
     FaultEvent,
@@ -44,7 +43,6 @@ from .scenarios import (
 from .store import LocalCasStore
 from .validation import Settings
 
-RESULT_FILE = "result.json"
 SCRATCH_STORE = "scenario-store"
 CHUNK_CACHE = "chunk-cache"
 
@@ -357,21 +355,11 @@ def hydra_context() -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .sweep import job_identity
-
     if not HydraConfig.initialized():
         return {"overrides": [], "choices": {}, "multirun": False}
     hydra = HydraConfig.get()
     identity = job_identity(hydra)
     return {**identity, "multirun": hydra.mode == RunMode.MULTIRUN}
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers (the sweep driver, another job) never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def write_result(run_dir: Path, record: dict[str, Any]) -> Path:

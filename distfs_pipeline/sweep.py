@@ -21,9 +21,7 @@ from __future__ import annotations
 import atexit
 import csv
 import io
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,10 +30,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .flags import OneLineArgumentParser
-from .study import RESULT_FILE, write_json_atomic
+from . import safefile
+from .args import OneLineArgumentParser
+from .results import RESULT_FILE, job_identity, read_json, write_json_atomic
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
@@ -74,27 +73,6 @@ _AUDIT_METRICS = {
 
 
 # ---------------------------------------------------------------------- job records
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from `path`, or None if it is missing or unreadable (never raises)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def job_identity(hydra: DictConfig) -> dict[str, Any]:
-    """Job number, overrides and config-group choices from a job's `hydra` node (Hydra's own
-    groups left out), as they appear in `result.json` and the summary."""
-    choices = OmegaConf.to_container(hydra.runtime.choices) or {}
-    assert isinstance(choices, dict)
-    return {
-        "job": OmegaConf.select(hydra, "job.num", default=None),
-        "overrides": list(hydra.overrides.task),
-        "choices": {k: v for k, v in choices.items() if not str(k).startswith("hydra")},
-    }
 
 
 def end_record(previous: Mapping[str, Any] | None, job_return: JobReturn) -> dict[str, Any]:
@@ -315,9 +293,7 @@ def write_summary(sweep_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    safefile.write_atomic(path, text.encode(), durable=False)
 
 
 # ---------------------------------------------------------------------- the plot
