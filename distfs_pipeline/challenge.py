@@ -92,8 +92,19 @@ class _SampleHashMemo:
             self.sample, self.digest = sample, blake3_hex(sample)
         return self.digest
 
+    def note(self, sample: bytes, digest: str) -> None:
+        self.sample, self.digest = sample, digest
+
 
 _SAMPLE_HASHES = _SampleHashMemo()
+
+
+def note_sample_hash(sample: bytes, blake3_hex_digest: str) -> None:
+    """A reader that has just computed the lowercase hex BLAKE3 of exactly the `sample` object it
+    will return (a whole small blob hashed for its content check, a window that is exactly one
+    verified chunk) hands it over, so the issue does not hash the same bytes a second time.
+    Only the BLAKE3 of that very object may be noted: the memo is keyed by identity."""
+    _SAMPLE_HASHES.note(sample, blake3_hex_digest)
 
 
 # ---------------------------------------------------------------------- sample window (2.4)
