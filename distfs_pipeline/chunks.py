@@ -46,7 +46,11 @@ ignored and rebuilt from a verified read, never trusted.
 
 Between issue and answer of one check the chunked reader reuses the bytes it just verified if a
 `stat` shows the file unchanged: both happen in the same process microseconds apart, and the
-second read would only re-hash identical bytes.
+second read would only re-hash identical bytes. And when the sample is exactly the bytes object a
+check has just hashed with BLAKE3 (a whole blob of at most one chunk, hashed for its content check
+in a BLAKE3 store; a window that is exactly one verified chunk), that digest is handed to the issue
+(`challenge.note_sample_hash`) instead of hashing the same bytes again (issue 11). Full mode is
+upstream's and untouched: it reads and hashes the whole blob at issue and again at answer.
 """
 
 from __future__ import annotations
@@ -191,8 +195,10 @@ def _read_all(fd: int, path: str, expected: int) -> bytes:
 def _no_readahead(fd: int) -> None:
     """A window read wants exactly its bytes: without this hint the kernel's readahead, seeing a
     compressed blob's prefix read front to back, pulls in the rest of the file too."""
-    with contextlib.suppress(OSError, AttributeError):
+    try:  # noqa: SIM105 (hot path: suppress() costs an object per check)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _pread(fd: int, path: str, length: int, offset: int) -> bytes:
