@@ -44,6 +44,7 @@ from .models import (
     StorageChallengeProofSemantics,
     StorageChallengeReceipt,
     StorageChallengeRequest,
+    direct_init,
     is_blank,
 )
 from .scheduler import validate_probe_config  # SPEC 2.9's config checks are 2.10's: one serves both
@@ -443,6 +444,7 @@ def summarize_node_storage_challenge_stats(
 # ---------------------------------------------------------------------- one check
 
 
+@direct_init
 @dataclass(frozen=True)
 class CheckOutcome:
     """The result of one issue/answer/verify: a pass with its semantics, or a classified failure."""

@@ -851,3 +851,31 @@ def test_run_check_equals_issue_answer_full_verify(store, reader, lying, skew) -
         request = request_for(content_hash, issued_at_unix_ms=100, challenge_ttl_ms=2_000)
         expected = reference_check(subject, request, responded, skew)
         assert run_check(subject, request, responded, skew) == expected
+
+
+def test_direct_init_builds_exactly_what_the_dataclass_init_built() -> None:
+    """The wire types' faster `__init__` (issue 11): same arguments, defaults, errors, immutability."""
+    from distfs_pipeline.models import StorageChallengeProofSemantics, direct_init
+
+    semantics = StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref")
+    assert (semantics.failure_reason, semantics.proof_kind_hint, semantics.vrf_seed_hint) == (None, "", None)
+    assert semantics == StorageChallengeProofSemantics(
+        node_id="n", sample_source=SampleSource.UNKNOWN, sample_reference="ref"
+    )
+    assert dataclasses.replace(semantics, node_id="m").node_id == "m"
+    assert hash(semantics) == hash(StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        semantics.node_id = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        StorageChallengeProofSemantics("n", SampleSource.UNKNOWN)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref", bogus=1)  # type: ignore[call-arg]
+    request = request_for("h")
+    assert StorageChallengeRequest(*dataclasses.astuple(request)) == request
+
+    @dataclasses.dataclass
+    class Mutable:
+        x: int
+
+    with pytest.raises(TypeError):
+        direct_init(Mutable)
