@@ -507,3 +507,22 @@ def test_a_window_that_is_one_whole_chunk_reuses_the_chunk_digest(store, tmp_pat
     assert window == data[2 * CHUNK : 3 * CHUNK]
     assert challenge._SAMPLE_HASHES.hex(window) == blake3_hex(window)
     assert calls == []
+
+
+@pytest.mark.parametrize("blob_format", ["raw", "o7cblob1"])
+def test_a_window_of_the_whole_large_blob_is_not_hashed_again(tmp_path, monkeypatch, blob_format) -> None:
+    """Its sample hash is the content hash the full verify established (issue 11)."""
+    from distfs_pipeline import challenge
+
+    store = LocalCasStore(tmp_path / "store", blob_format=blob_format)
+    half_random = b"".join(os.urandom(16) + bytes(16) for _ in range(12 * CHUNK // 32))
+    data = make_blob(6 * CHUNK) if blob_format == "raw" else half_random  # compressed: over 1 chunk
+    content_hash = store.put_bytes(data)
+    fast = chunked(store, tmp_path)
+    assert run_check(fast, request(content_hash, "warm", 10), 1_000, 0).passed  # builds the cache
+    calls: list[int] = []
+    monkeypatch.setattr(challenge, "blake3_hex", lambda d: calls.append(len(d)) or blake3_hex(d))
+    outcome = run_check(fast, request(content_hash, "s", len(data)), 1_000, 0)
+    assert outcome.passed and outcome.semantics is not None
+    assert outcome.semantics.post_commitment_hint == content_hash == blake3_hex(data)
+    assert fast.stats.full_verifies == 1 and fast.stats.small_reads == 0 and calls == []
