@@ -9,7 +9,9 @@ Prints figures and ratios; asserts nothing (timings belong here, not in tests).
 2. Overhead: the per-check cost of `run_check` in chunked mode against a bare loop that opens the
    same files, reads the same windows and BLAKE3-hashes them (issue 11 target <= 2x; the
    floor of a verified check is about 2x: the covering chunks are hashed against their digests, then
-   the sample is hashed once for the protocol).
+   the sample is hashed once for the protocol). A "verified floor" line runs exactly those reads
+   and hashes with no protocol code, splitting the ratio into what verification costs (floor/bare)
+   and what the issue/answer/verify code adds (run_check/floor).
 3. First check in a new run (issue 11): once the chunk cache exists on disk (it outlives runs by
    default), a new reader's first check of a blob against that reader's steady checks (target
    <= 2x), and the cache bytes it reads (they follow the window: a header and a few digests).
