@@ -12,6 +12,7 @@ import pytest
 
 from distfs_pipeline.challenge import (
     CheckOutcome,
+    _error_outcome,
     answer_storage_challenge,
     classify_receipt_reason,
     classify_world_error_reason,
@@ -38,11 +39,13 @@ from distfs_pipeline.errors import (
     NetworkRequestFailed,
     Serde,
     SignatureKeyInvalid,
+    WorldError,
 )
 from distfs_pipeline.models import (
     I64_MAX,
     I64_MIN,
     U64_MAX,
+    CheckFailure,
     FailureReason,
     ProbeConfig,
     SampleSource,
@@ -799,3 +802,80 @@ def test_probing_a_missing_store_creates_nothing(tmp_path, mode) -> None:
     report = probe_storage_challenges(store, "w", "n", 1, ProbeConfig(), reader=reader)
     assert report.total_checks == 0
     assert not root.exists()
+
+
+# --- run_check's fast verify is the full verify ---------------------------------------------------
+
+
+def reference_check(reader, request, responded_at: int, skew: int) -> CheckOutcome:
+    """Issue, answer and verify through the public functions, as `run_check` did before issue 11."""
+    content_hash = request.content_hash
+    try:
+        challenge = issue_storage_challenge(reader, request)
+    except Exception as exc:
+        return _error_outcome(content_hash, "issue", exc)
+    try:
+        receipt = answer_storage_challenge(reader, challenge, responded_at)
+    except Exception as exc:
+        return _error_outcome(content_hash, "answer", exc)
+    try:
+        verify_storage_challenge_receipt(challenge, receipt, skew)
+    except WorldError as exc:
+        reason = classify_receipt_reason(challenge, receipt, skew)
+        return CheckOutcome(content_hash, False, None, CheckFailure(content_hash, reason, f"verify: {exc}"))
+    return CheckOutcome(content_hash, True, receipt_to_proof_semantics(challenge, receipt), None)
+
+
+class LyingReader:
+    """Answers with other bytes than it issued: the receipt's hash mismatches."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def blob_len(self, content_hash: str) -> int:
+        return self.inner.blob_len(content_hash)
+
+    def read_sample(self, content_hash, max_sample_bytes, vrf_seed):
+        return self.inner.read_sample(content_hash, max_sample_bytes, vrf_seed)
+
+    def read_window(self, content_hash, offset, size):
+        return bytes(b ^ 1 for b in self.inner.read_window(content_hash, offset, size))
+
+
+@pytest.mark.parametrize("lying", [False, True])
+@pytest.mark.parametrize("skew", [-1, 0, 5])
+def test_run_check_equals_issue_answer_full_verify(store, reader, lying, skew) -> None:
+    content_hash = store.put_bytes(make_blob(300))
+    subject = LyingReader(reader) if lying else reader
+    for responded in (94, 95, 99, 100, 2_100, 2_105, 2_106):
+        request = request_for(content_hash, issued_at_unix_ms=100, challenge_ttl_ms=2_000)
+        expected = reference_check(subject, request, responded, skew)
+        assert run_check(subject, request, responded, skew) == expected
+
+
+def test_direct_init_builds_exactly_what_the_dataclass_init_built() -> None:
+    """The wire types' faster `__init__` (issue 11): same arguments, defaults, errors, immutability."""
+    from distfs_pipeline.models import StorageChallengeProofSemantics, direct_init
+
+    semantics = StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref")
+    assert (semantics.failure_reason, semantics.proof_kind_hint, semantics.vrf_seed_hint) == (None, "", None)
+    assert semantics == StorageChallengeProofSemantics(
+        node_id="n", sample_source=SampleSource.UNKNOWN, sample_reference="ref"
+    )
+    assert dataclasses.replace(semantics, node_id="m").node_id == "m"
+    assert hash(semantics) == hash(StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        semantics.node_id = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        StorageChallengeProofSemantics("n", SampleSource.UNKNOWN)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref", bogus=1)  # type: ignore[call-arg]
+    request = request_for("h")
+    assert StorageChallengeRequest(*dataclasses.astuple(request)) == request
+
+    @dataclasses.dataclass
+    class Mutable:
+        x: int
+
+    with pytest.raises(TypeError):
+        direct_init(Mutable)
