@@ -1,6 +1,6 @@
 """Sample readers: upstream's whole-blob verification, and ours, where I/O follows the sample.
 
-`make_reader(store, verify)` returns a `SampleReader` (see `challenge.SampleReader`):
+`make_reader(store, verify)` returns a `SampleReader` (see `window.SampleReader`):
 
 - `mode="full"` is upstream: every issue and every answer reads, decodes (`codec`) and hashes the
   whole blob (`get_verified`), so a check of a 16 MiB blob costs 32 MiB of reading and hashing
@@ -49,7 +49,7 @@ Between issue and answer of one check the chunked reader reuses the bytes it jus
 second read would only re-hash identical bytes. And when the sample is exactly the bytes object a
 check has just hashed with BLAKE3 (a whole blob of at most one chunk, hashed for its content check
 in a BLAKE3 store; a window that is exactly one verified chunk), that digest is handed to the issue
-(`challenge.note_sample_hash`) instead of hashing the same bytes again (issue 11). Full mode is
+(`window.note_sample_hash`) instead of hashing the same bytes again (issue 11). Full mode is
 upstream's and untouched: it reads and hashes the whole blob at issue and again at answer.
 """
 
@@ -68,10 +68,10 @@ from pathlib import Path
 import blake3
 
 from . import codec, safefile
-from .challenge import SampleReader, check_window, extract_sample_slice, note_sample_hash, sample_window
 from .errors import BlobHashMismatch, Io, UsageError
 from .models import VerifyOptions
 from .store import LocalCasStore, blake3_hex, require_regular_file
+from .window import SampleReader, check_window, extract_sample_slice, note_sample_hash, sample_window
 
 __all__ = ["ChunkedReader", "FullReader", "SampleReader", "make_reader"]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from distfs_pipeline import chunks
+from distfs_pipeline import window as window_module
 from distfs_pipeline.challenge import (
     answer_storage_challenge,
     issue_storage_challenge,
@@ -470,19 +471,18 @@ def test_a_whole_small_blob_sample_is_hashed_once_per_check(store, tmp_path, mon
     """Issue 11: the content check of a blob of at most one chunk already is the BLAKE3 of the whole
     blob, which is the sample when the sample covers it; the issue reuses it (the answer reuses the
     issue's). A larger window is still hashed once, and the receipt's hash is the sample's."""
-    from distfs_pipeline import challenge
 
     small = store.put_bytes(make_blob(CHUNK - 5))
     large = store.put_bytes(make_blob(8 * CHUNK))
     fast = chunked(store, tmp_path)
     calls: list[int] = []
-    real = challenge.blake3_hex
+    real = window_module.blake3_hex
 
     def spy(data: bytes) -> str:
         calls.append(len(data))
         return real(data)
 
-    monkeypatch.setattr(challenge, "blake3_hex", spy)
+    monkeypatch.setattr(window_module, "blake3_hex", spy)
     outcome = run_check(fast, request(small, "s", CHUNK), 1_000, 0)
     assert outcome.passed and outcome.semantics is not None
     assert outcome.semantics.post_commitment_hint == small  # BLAKE3 of the whole blob
@@ -502,7 +502,7 @@ def test_a_window_that_is_one_whole_chunk_reuses_the_chunk_digest(store, tmp_pat
     fast = chunked(store, tmp_path)
     fast.read_sample(content_hash, 10, "warm")
     calls: list[int] = []
-    monkeypatch.setattr(challenge, "blake3_hex", lambda d: calls.append(len(d)) or blake3_hex(d))
+    monkeypatch.setattr(window_module, "blake3_hex", lambda d: calls.append(len(d)) or blake3_hex(d))
     window = fast.read_window(content_hash, 2 * CHUNK, CHUNK)
     assert window == data[2 * CHUNK : 3 * CHUNK]
     assert challenge._SAMPLE_HASHES.hex(window) == blake3_hex(window)
@@ -512,7 +512,6 @@ def test_a_window_that_is_one_whole_chunk_reuses_the_chunk_digest(store, tmp_pat
 @pytest.mark.parametrize("blob_format", ["raw", "o7cblob1"])
 def test_a_window_of_the_whole_large_blob_is_not_hashed_again(tmp_path, monkeypatch, blob_format) -> None:
     """Its sample hash is the content hash the full verify established (issue 11)."""
-    from distfs_pipeline import challenge
 
     store = LocalCasStore(tmp_path / "store", blob_format=blob_format)
     half_random = b"".join(os.urandom(16) + bytes(16) for _ in range(12 * CHUNK // 32))
@@ -521,7 +520,7 @@ def test_a_window_of_the_whole_large_blob_is_not_hashed_again(tmp_path, monkeypa
     fast = chunked(store, tmp_path)
     assert run_check(fast, request(content_hash, "warm", 10), 1_000, 0).passed  # builds the cache
     calls: list[int] = []
-    monkeypatch.setattr(challenge, "blake3_hex", lambda d: calls.append(len(d)) or blake3_hex(d))
+    monkeypatch.setattr(window_module, "blake3_hex", lambda d: calls.append(len(d)) or blake3_hex(d))
     outcome = run_check(fast, request(content_hash, "s", len(data)), 1_000, 0)
     assert outcome.passed and outcome.semantics is not None
     assert outcome.semantics.post_commitment_hint == content_hash == blake3_hex(data)
