@@ -1,4 +1,4 @@
-"""Build step: ship `conf/` and `schemas/` inside the package (see distfs_pipeline/resources.py).
+"""Build step: ship `conf/` and `schemas/` inside the package (see distfs_pipeline/pipeline/resources.py).
 
 Everything else about the project is in pyproject.toml. The two trees stay at the repository's top
 as the source of truth; `build_py` copies them into `<build>/distfs_pipeline/` so every wheel (and
@@ -15,7 +15,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-SHIPPED_TREES = ("conf", "schemas")  # = distfs_pipeline.resources.SHIPPED_TREES (a test checks)
+SHIPPED_TREES = ("conf", "schemas")  # = distfs_pipeline.pipeline.resources.SHIPPED_TREES (a test checks)
 
 
 class BuildPyWithResources(build_py):

@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline import codec
-from distfs_pipeline.challenge import SampleReader, probe_request, run_check
-from distfs_pipeline.chunks import ChunkedReader, make_reader
-from distfs_pipeline.models import ProbeConfig, StorageChallengeRequest, VerifyOptions
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core import codec
+from distfs_pipeline.core.challenge import SampleReader, probe_request, run_check
+from distfs_pipeline.core.chunks import ChunkedReader, make_reader
+from distfs_pipeline.core.models import ProbeConfig, StorageChallengeRequest, VerifyOptions
+from distfs_pipeline.core.store import LocalCasStore
 
 BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench-codec"))
 MIB, KIB = 1 << 20, 1 << 10

@@ -37,10 +37,10 @@ import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline.challenge import SampleReader, issue_storage_challenge, probe_request, run_check
-from distfs_pipeline.chunks import make_reader
-from distfs_pipeline.models import ProbeConfig, StorageChallengeRequest, VerifyOptions
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.challenge import SampleReader, issue_storage_challenge, probe_request, run_check
+from distfs_pipeline.core.chunks import make_reader
+from distfs_pipeline.core.models import ProbeConfig, StorageChallengeRequest, VerifyOptions
+from distfs_pipeline.core.store import LocalCasStore
 
 BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench-core"))
 MIB, KIB = 1 << 20, 1 << 10

@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline.runner import run_audit
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.pipeline.runner import run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 TARGET = 1.2
 MODES = ("round", "pipelined", "interval")

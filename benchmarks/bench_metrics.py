@@ -24,12 +24,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline.blobs import BlobRecord, apply_report
-from distfs_pipeline.metrics import Metrics
-from distfs_pipeline.models import CursorState, RoundReport
-from distfs_pipeline.runner import run_audit
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.blobs import BlobRecord, apply_report
+from distfs_pipeline.core.models import CursorState, RoundReport
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.ops.metrics import Metrics
+from distfs_pipeline.pipeline.runner import run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 
 def free_port() -> int:

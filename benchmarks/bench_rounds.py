@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline.auditor import Auditor
-from distfs_pipeline.models import AdaptivePolicy, CursorState, ProbeConfig, VerifyOptions
-from distfs_pipeline.store import LocalCasStore, blake3_hex
+from distfs_pipeline.core.auditor import Auditor
+from distfs_pipeline.core.models import AdaptivePolicy, CursorState, ProbeConfig, VerifyOptions
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
 
 BENCH_ROOT = Path(os.environ.get("DISTFS_BENCH_DIR", "/tmp/distfs-bench"))
 SMALL, BIG = 1_000, 100_000

@@ -38,8 +38,8 @@ import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distfs_pipeline.index import INDEX_FILE, MustHoldIndex
-from distfs_pipeline.packed import PackedHashes
+from distfs_pipeline.core.index import INDEX_FILE, MustHoldIndex
+from distfs_pipeline.core.packed import PackedHashes
 
 BENCH_ROOT = Path(os.environ.get("DISTFS_SCALE_DIR", "/work/bench-stores"))
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ STORE_FORMAT = 1  # bump when the layout built here changes, so cached stores ar
 ROUNDS = 100
 # The app with `rewardable_bytes` replaced by a constant (see the module docstring).
 _NO_REWARDABLE = (
-    "import sys, runpy; import distfs_pipeline.runner as r; r.rewardable_bytes = lambda store: 0; "
+    "import sys, runpy; import distfs_pipeline.pipeline.runner as r; r.rewardable_bytes = lambda store: 0; "
     "sys.argv[0] = 'distfs_pipeline'; runpy.run_module('distfs_pipeline', run_name='__main__')"
 )
 

@@ -18,14 +18,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import stopping
+from distfs_pipeline.pipeline import stopping
 
 # subcommand -> module whose `main(argv: list[str]) -> int` it runs (imported only when used)
 SUBCOMMANDS: dict[str, str] = {
-    "status": "distfs_pipeline.status",
-    "index": "distfs_pipeline.adopt",
-    "schemas": "distfs_pipeline.schemas",
-    "sweep": "distfs_pipeline.sweep",
+    "status": "distfs_pipeline.ops.status",
+    "index": "distfs_pipeline.ops.adopt",
+    "schemas": "distfs_pipeline.pipeline.schemas",
+    "sweep": "distfs_pipeline.studies.sweep",
 }
 VERSION_FLAGS = frozenset({"--version", "-V"})
 
@@ -53,7 +53,7 @@ def _dispatch(args: list[str]) -> int:
     if any(token in VERSION_FLAGS for token in args):
         print(version_text(), flush=True)
         return 0
-    from .app import main as app_main
+    from distfs_pipeline.app import main as app_main
 
     return app_main(args)
 
@@ -76,7 +76,7 @@ def version_text() -> str:
     """`distfs_pipeline X (Hydra Y, Python Z)`: what a bug report needs, without importing Hydra."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from distfs_pipeline import __version__
 
     try:
         hydra_version = version("hydra-core")

@@ -36,7 +36,9 @@ from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from . import (
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.persist.state import describe_os_error
+from distfs_pipeline.pipeline import (
     confguard,
     config,  # noqa: F401  (importing registers the structured-config schema)
     logs,
@@ -44,11 +46,9 @@ from . import (
     resolvers,  # noqa: F401  (importing registers ${distfs_run_id:} for the run dir)
     stopping,
 )
-from .errors import UsageError
-from .flags import LEGACY_FLAGS, LEGACY_PREFIX, rewrite_argv
-from .resources import conf_dir
-from .state import describe_os_error
-from .validation import Settings, settings_from_cfg
+from distfs_pipeline.pipeline.flags import LEGACY_FLAGS, LEGACY_PREFIX, rewrite_argv
+from distfs_pipeline.pipeline.resources import conf_dir
+from distfs_pipeline.pipeline.validation import Settings, settings_from_cfg
 
 CONF_DIR = conf_dir()  # inside the installed package, or the checkout's conf/ (see resources)
 EXIT_USAGE = 2
@@ -286,7 +286,7 @@ def _job(cfg: DictConfig) -> float | None:
             if settings.scenario.name != "none":
                 result = _run_scenario(settings, cfg, run_dir)
             else:
-                from .runner import run_audit
+                from distfs_pipeline.pipeline.runner import run_audit
 
                 result = run_audit(settings, run_dir)
     except UsageError as err:
@@ -304,7 +304,7 @@ def _job(cfg: DictConfig) -> float | None:
 
 def _interrupted(run_dir: Path) -> None:
     """This job was cut short (or never started) by a stop request: record it, stop the sweep."""
-    from .sweep import mark_interrupted
+    from distfs_pipeline.studies.sweep import mark_interrupted
 
     signal_name = stopping.requested() or "a signal"
     mark_interrupted(run_dir, signal_name)
@@ -315,7 +315,7 @@ def _interrupted(run_dir: Path) -> None:
 
 def _run_scenario(settings: Settings, cfg: DictConfig, run_dir: Path) -> Any:
     """The studies seam: scenario jobs belong to `study` (imported only for them: it is heavier)."""
-    from .study import StudyJobFailed, run_scenario_job
+    from distfs_pipeline.studies.study import StudyJobFailed, run_scenario_job
 
     try:
         return run_scenario_job(settings, cfg, run_dir)

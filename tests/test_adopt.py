@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from distfs_pipeline import adopt
-from distfs_pipeline.index import INDEX_FILE
-from distfs_pipeline.runner import run_audit
-from distfs_pipeline.store import LocalCasStore, blake3_hex
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.index import INDEX_FILE
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
+from distfs_pipeline.ops import adopt
+from distfs_pipeline.pipeline.runner import run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,7 +147,7 @@ def test_a_root_that_is_not_a_store_is_one_usage_line(tmp_path: Path, make: Any,
     root = tmp_path / "root"
     make(root)
     done = subprocess.run(
-        [sys.executable, "-m", "distfs_pipeline.adopt", "--store", str(root)],
+        [sys.executable, "-m", "distfs_pipeline.ops.adopt", "--store", str(root)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -163,7 +163,7 @@ def test_progress_is_shown_on_stderr_when_not_quiet(tmp_path: Path) -> None:
     root = tmp_path / "store"
     upstream_store(root, blobs=3)
     done = subprocess.run(
-        [sys.executable, "-m", "distfs_pipeline.adopt", "--store", str(root)],
+        [sys.executable, "-m", "distfs_pipeline.ops.adopt", "--store", str(root)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

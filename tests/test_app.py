@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.store import LocalCasStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distfs_pipeline.blobs import FAIL, PASS, BlobRecord, apply_report
-from distfs_pipeline.models import CheckFailure, FailureReason, RoundReport
+from distfs_pipeline.core.blobs import FAIL, PASS, BlobRecord, apply_report
+from distfs_pipeline.core.models import CheckFailure, FailureReason, RoundReport
 
 
 def _report(ms: int, checked: list[str], failed: dict[str, FailureReason]) -> RoundReport:

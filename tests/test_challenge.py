@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from distfs_pipeline.challenge import (
+from distfs_pipeline.core.challenge import (
     CheckOutcome,
     _error_outcome,
     answer_storage_challenge,
@@ -28,8 +28,8 @@ from distfs_pipeline.challenge import (
     summarize_node_storage_challenge_stats,
     verify_storage_challenge_receipt,
 )
-from distfs_pipeline.chunks import make_reader
-from distfs_pipeline.errors import (
+from distfs_pipeline.core.chunks import make_reader
+from distfs_pipeline.core.errors import (
     BlobHashInvalid,
     BlobHashMismatch,
     BlobNotFound,
@@ -41,7 +41,7 @@ from distfs_pipeline.errors import (
     SignatureKeyInvalid,
     WorldError,
 )
-from distfs_pipeline.models import (
+from distfs_pipeline.core.models import (
     I64_MAX,
     I64_MIN,
     U64_MAX,
@@ -54,7 +54,7 @@ from distfs_pipeline.models import (
     StorageChallengeRequest,
     VerifyOptions,
 )
-from distfs_pipeline.store import LocalCasStore, blake3_hex
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
 
 MODES = ["full", "chunked"]
 
@@ -855,7 +855,7 @@ def test_run_check_equals_issue_answer_full_verify(store, reader, lying, skew) -
 
 def test_direct_init_builds_exactly_what_the_dataclass_init_built() -> None:
     """The wire types' faster `__init__` (issue 11): same arguments, defaults, errors, immutability."""
-    from distfs_pipeline.models import StorageChallengeProofSemantics, direct_init
+    from distfs_pipeline.core.models import StorageChallengeProofSemantics, direct_init
 
     semantics = StorageChallengeProofSemantics("n", SampleSource.UNKNOWN, "ref")
     assert (semantics.failure_reason, semantics.proof_kind_hint, semantics.vrf_seed_hint) == (None, "", None)

@@ -10,18 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline import chunks
-from distfs_pipeline import window as window_module
-from distfs_pipeline.challenge import (
+from distfs_pipeline.core import chunks
+from distfs_pipeline.core import window as window_module
+from distfs_pipeline.core.challenge import (
     answer_storage_challenge,
     issue_storage_challenge,
     run_check,
     sample_window,
 )
-from distfs_pipeline.chunks import ChunkedReader, FullReader, decode_cache_file, make_reader
-from distfs_pipeline.errors import BlobHashMismatch, BlobNotFound, DistributedValidationFailed, Io, UsageError
-from distfs_pipeline.models import StorageChallengeRequest, VerifyOptions
-from distfs_pipeline.store import LocalCasStore, blake3_hex
+from distfs_pipeline.core.chunks import ChunkedReader, FullReader, decode_cache_file, make_reader
+from distfs_pipeline.core.errors import (
+    BlobHashMismatch,
+    BlobNotFound,
+    DistributedValidationFailed,
+    Io,
+    UsageError,
+)
+from distfs_pipeline.core.models import StorageChallengeRequest, VerifyOptions
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
 
 CHUNK = 1024
 
@@ -495,7 +501,7 @@ def test_a_whole_small_blob_sample_is_hashed_once_per_check(store, tmp_path, mon
 
 
 def test_a_window_that_is_one_whole_chunk_reuses_the_chunk_digest(store, tmp_path, monkeypatch) -> None:
-    from distfs_pipeline import challenge
+    from distfs_pipeline.core import challenge
 
     data = make_blob(4 * CHUNK)
     content_hash = store.put_bytes(data)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.store import LocalCasStore
 from tests.test_app import TIMEOUT_S, cli_env, read_jsonl, run_cli, start_cli, summary_of, wait_for_rounds
 
 

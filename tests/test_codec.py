@@ -13,12 +13,12 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distfs_pipeline import codec
-from distfs_pipeline.challenge import run_check, sample_window
-from distfs_pipeline.chunks import COMPRESSED, RAW, ChunkedReader, FullReader, rekey_cache_files
-from distfs_pipeline.errors import BlobHashMismatch
-from distfs_pipeline.models import StorageChallengeRequest
-from distfs_pipeline.store import LocalCasStore, blake3_hex
+from distfs_pipeline.core import codec
+from distfs_pipeline.core.challenge import run_check, sample_window
+from distfs_pipeline.core.chunks import COMPRESSED, RAW, ChunkedReader, FullReader, rekey_cache_files
+from distfs_pipeline.core.errors import BlobHashMismatch
+from distfs_pipeline.core.models import StorageChallengeRequest
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
 
 CHUNK = 1024
 
@@ -494,8 +494,8 @@ def _mixed_damaged_store(root: Path) -> tuple[LocalCasStore, dict[str, str | Non
 
 
 def test_rounds_on_a_damaged_mixed_store_equal_upstream_in_full_and_chunked_mode(tmp_path) -> None:
-    from distfs_pipeline.auditor import Auditor
-    from distfs_pipeline.models import AdaptivePolicy, CursorState, ProbeConfig, VerifyOptions
+    from distfs_pipeline.core.auditor import Auditor
+    from distfs_pipeline.core.models import AdaptivePolicy, CursorState, ProbeConfig, VerifyOptions
 
     store, expected = _mixed_damaged_store(tmp_path / "store")
     probe = ProbeConfig(max_sample_bytes=4096, challenges_per_tick=len(expected))
@@ -520,7 +520,7 @@ def test_rounds_on_a_damaged_mixed_store_equal_upstream_in_full_and_chunked_mode
 
 
 def test_answering_a_challenge_issued_elsewhere_and_window_errors_on_compressed_blobs(tmp_path) -> None:
-    from distfs_pipeline.challenge import answer_storage_challenge, issue_storage_challenge
+    from distfs_pipeline.core.challenge import answer_storage_challenge, issue_storage_challenge
 
     store, content_hash, data = compressed_store(tmp_path)
     full = FullReader(store)

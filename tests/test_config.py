@@ -12,7 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from distfs_pipeline.config import (
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.core.models import I64_MAX, U32_MAX, AdaptivePolicy, ProbeConfig, VerifyOptions
+from distfs_pipeline.pipeline.config import (
     SCHEMA_NAME,
     PipelineConf,
     PolicyConf,
@@ -20,10 +22,8 @@ from distfs_pipeline.config import (
     RuntimeConf,
     ScenarioConf,
 )
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.flags import LEGACY_FLAGS
-from distfs_pipeline.models import I64_MAX, U32_MAX, AdaptivePolicy, ProbeConfig, VerifyOptions
-from distfs_pipeline.validation import (
+from distfs_pipeline.pipeline.flags import LEGACY_FLAGS
+from distfs_pipeline.pipeline.validation import (
     PolicySettings,
     ProbeSettings,
     RuntimeSettings,
@@ -97,7 +97,7 @@ def test_defaults_list_order_and_choices() -> None:
 
 
 def test_hydra_run_dir_is_hydras_default_made_unique_per_process() -> None:
-    from distfs_pipeline import resolvers
+    from distfs_pipeline.pipeline import resolvers
 
     cfg = compose("config", return_hydra_config=True)
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]  # type: ignore[index]

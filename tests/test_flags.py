@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hydra._internal.utils import get_args_parser
 
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.flags import (
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.pipeline.flags import (
     HYDRA_INFO_CHOICES,
     HYDRA_OPTIONAL_VALUE_FLAGS,
     HYDRA_SWITCHES,

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline import index as index_module
-from distfs_pipeline import store as store_module
-from distfs_pipeline.errors import BlobHashInvalid, DistributedValidationFailed, Io
-from distfs_pipeline.index import INDEX_FILE, SNAPSHOT_FILE, IndexDamage
-from distfs_pipeline.packed import PackedHashes
-from distfs_pipeline.runner import run_audit
-from distfs_pipeline.store import LocalCasStore, blake3_hex
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core import index as index_module
+from distfs_pipeline.core import store as store_module
+from distfs_pipeline.core.errors import BlobHashInvalid, DistributedValidationFailed, Io
+from distfs_pipeline.core.index import INDEX_FILE, SNAPSHOT_FILE, IndexDamage
+from distfs_pipeline.core.packed import PackedHashes
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
+from distfs_pipeline.pipeline.runner import run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 
 def age(path: Path, seconds: int = 30) -> None:
@@ -306,7 +306,7 @@ def test_a_fifo_at_the_index_fails_the_round_instead_of_hanging(tmp_path: Path) 
     os.unlink(tmp_path / INDEX_FILE)
     os.mkfifo(tmp_path / INDEX_FILE)
     code = (
-        "import sys; from distfs_pipeline.store import LocalCasStore\n"
+        "import sys; from distfs_pipeline.core.store import LocalCasStore\n"
         "try:\n    LocalCasStore(sys.argv[1]).candidates()\n"
         "except Exception as e:\n    print(type(e).__name__, e)\n"
     )

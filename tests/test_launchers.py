@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from distfs_pipeline import sweep
+from distfs_pipeline.studies import sweep
 
 # lost_blob, moved early so a 30-round run shows the fault (round 5) and the repair (round 15).
 EARLY_LOST_BLOB = (

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from distfs_pipeline import metrics
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.models import CursorState, FailureReason, RoundReport
-from distfs_pipeline.runner import RunHooks, run_audit
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.core.models import CursorState, FailureReason, RoundReport
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.ops import metrics
+from distfs_pipeline.pipeline.runner import RunHooks, run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 
 def small_store(root: Path, blobs: int = 6) -> tuple[Path, list[str]]:
@@ -156,8 +156,8 @@ def test_round_folds_changes_without_rescanning_the_store(tmp_path: Path) -> Non
     store = LocalCasStore(root)
     sink = metrics.Metrics({}, store)
     sink.start(CursorState(), {})
-    from distfs_pipeline.blobs import apply_report
-    from distfs_pipeline.models import CheckFailure
+    from distfs_pipeline.core.blobs import apply_report
+    from distfs_pipeline.core.models import CheckFailure
 
     book: dict[str, Any] = {}
     report = RoundReport(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline import pacing
-from distfs_pipeline.runner import StopFlag, WallClock, run_audit
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.ops import pacing
+from distfs_pipeline.pipeline.runner import StopFlag, WallClock, run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 needs_proc_io = pytest.mark.skipif(pacing.bytes_read_so_far() is None, reason="no /proc/self/io here")
 

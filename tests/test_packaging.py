@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from distfs_pipeline import __main__ as entry
-from distfs_pipeline import __version__, resources
+from distfs_pipeline import __version__
+from distfs_pipeline.pipeline import resources
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,8 @@ def test_setup_py_ships_the_trees_resources_reads() -> None:
 
 def test_a_checkout_reads_the_top_level_trees_and_a_package_its_own_copy(tmp_path: Path) -> None:
     assert resources.conf_dir() == ROOT / "conf" and resources.schema_dir() == ROOT / "schemas"
-    from distfs_pipeline import app, schemas
+    from distfs_pipeline import app
+    from distfs_pipeline.pipeline import schemas
 
     assert app.CONF_DIR == ROOT / "conf" and schemas.SCHEMA_DIR == ROOT / "schemas"
     fake = tmp_path / "distfs_pipeline"
@@ -111,8 +113,8 @@ def test_subcommands_dispatch_to_their_modules(tmp_path: Path) -> None:
     bad = cli("schemas", "validate", str(tmp_path / "missing.yaml"), cwd=tmp_path)
     assert bad.returncode == 2 and "cannot read" in bad.stderr
     assert set(entry.SUBCOMMANDS) >= {"status", "index"}
-    assert entry.SUBCOMMANDS["status"] == "distfs_pipeline.status"
-    assert entry.SUBCOMMANDS["index"] == "distfs_pipeline.adopt"
+    assert entry.SUBCOMMANDS["status"] == "distfs_pipeline.ops.status"
+    assert entry.SUBCOMMANDS["index"] == "distfs_pipeline.ops.adopt"
 
 
 def test_a_subcommand_not_in_this_build_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distfs_pipeline import blobs, precision, scheduler
-from distfs_pipeline.auditor import Auditor
-from distfs_pipeline.blobs import BlobRecord
-from distfs_pipeline.models import (
+from distfs_pipeline.core import blobs, precision, scheduler
+from distfs_pipeline.core.auditor import Auditor
+from distfs_pipeline.core.blobs import BlobRecord
+from distfs_pipeline.core.models import (
     AdaptivePolicy,
     CheckFailure,
     CursorState,
@@ -23,7 +23,7 @@ from distfs_pipeline.models import (
     RoundReport,
     VerifyOptions,
 )
-from distfs_pipeline.store import LocalCasStore, blake3_hex
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex
 
 T, IO, MISS = FailureReason.TIMEOUT, FailureReason.READ_IO_ERROR, FailureReason.MISSING_SAMPLE
 HASHES = tuple(f"{i:064x}" for i in range(6))

@@ -13,10 +13,10 @@ from hydra.compose import compose
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from distfs_pipeline import preflight as pf
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.flags import rewrite_argv
-from distfs_pipeline.preflight import preflight
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.pipeline import preflight as pf
+from distfs_pipeline.pipeline.flags import rewrite_argv
+from distfs_pipeline.pipeline.preflight import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -291,10 +291,10 @@ STUB_APP = """
 import sys
 from pathlib import Path
 import hydra
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.flags import rewrite_argv
-from distfs_pipeline.preflight import preflight
-from distfs_pipeline.validation import settings_from_cfg
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.pipeline.flags import rewrite_argv
+from distfs_pipeline.pipeline.preflight import preflight
+from distfs_pipeline.pipeline.validation import settings_from_cfg
 
 CONF = {conf!r}
 

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distfs_pipeline import index as index_module
-from distfs_pipeline import scheduler
-from distfs_pipeline.auditor import Auditor
-from distfs_pipeline.index import INDEX_FILE, SNAPSHOT_FILE
-from distfs_pipeline.models import (
+from distfs_pipeline.core import index as index_module
+from distfs_pipeline.core import scheduler
+from distfs_pipeline.core.auditor import Auditor
+from distfs_pipeline.core.index import INDEX_FILE, SNAPSHOT_FILE
+from distfs_pipeline.core.models import (
     AdaptivePolicy,
     CursorState,
     FailureReason,
@@ -29,7 +29,7 @@ from distfs_pipeline.models import (
     RoundReport,
     VerifyOptions,
 )
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.store import LocalCasStore
 
 REASON_KEYS = [reason.value for reason in FailureReason]
 

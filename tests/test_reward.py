@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distfs_pipeline import reward
-from distfs_pipeline.models import RoundReport
+from distfs_pipeline.core import reward
+from distfs_pipeline.core.models import RoundReport
 
 
 def report(index: int, passed: int, failed: int, **extra: object) -> RoundReport:

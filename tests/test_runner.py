@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from distfs_pipeline import demo
-from distfs_pipeline.chunks import ChunkedReader, default_cache_dir
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.models import RoundReport
-from distfs_pipeline.runner import RunHooks, run_audit
-from distfs_pipeline.state import StateLock, load_state
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.summary import Progress, RunTotals
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.chunks import ChunkedReader, default_cache_dir
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.core.models import RoundReport
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.persist.state import StateLock, load_state
+from distfs_pipeline.pipeline import demo
+from distfs_pipeline.pipeline.runner import RunHooks, run_audit
+from distfs_pipeline.pipeline.summary import Progress, RunTotals
+from distfs_pipeline.pipeline.validation import Settings
 
 START, TICK = 1_767_225_600_000, 200
 
@@ -285,7 +285,7 @@ def without_sizes(book: dict[str, Any]) -> dict[str, Any]:
 
 def report_of(record: dict[str, Any]) -> RoundReport:
     """The parts of a logged round that the book folds (what was checked, what failed)."""
-    from distfs_pipeline.models import CheckFailure, FailureReason
+    from distfs_pipeline.core.models import CheckFailure, FailureReason
 
     failures = [
         CheckFailure(f["content_hash"], FailureReason(f["reason"]), f.get("error", ""))
@@ -302,8 +302,8 @@ def report_of(record: dict[str, Any]) -> RoundReport:
 
 def test_the_blob_book_is_durable_beside_the_state_and_survives_a_lost_snapshot(tmp_path: Path) -> None:
     """The book folds every round's checks; recovery = snapshot + the logged changes after it."""
-    from distfs_pipeline import blobs
-    from distfs_pipeline.state import book_path, load_book
+    from distfs_pipeline.core import blobs
+    from distfs_pipeline.persist.state import book_path, load_book
 
     store = small_store(tmp_path / "store")
     state = tmp_path / "state.json"
@@ -331,7 +331,7 @@ def test_the_blob_book_is_durable_beside_the_state_and_survives_a_lost_snapshot(
 
 
 def test_a_state_of_another_node_is_refused_with_one_line(tmp_path: Path) -> None:
-    from distfs_pipeline.state import load_identity
+    from distfs_pipeline.persist.state import load_identity
 
     store = str(small_store(tmp_path / "store"))
     state = tmp_path / "state.json"
@@ -368,7 +368,8 @@ def test_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from distfs_pipeline.runner import _run_dir_lock\n"
+            "import sys, time; from pathlib import Path\n"
+            "from distfs_pipeline.pipeline.runner import _run_dir_lock\n"
             "with _run_dir_lock(Path(sys.argv[1])):\n print('locked', flush=True); time.sleep(60)",
             str(run_dir),
         ],
@@ -387,8 +388,8 @@ def test_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
 
 def test_a_run_killed_before_its_first_commit_splits_no_epoch(tmp_path: Path) -> None:
     """Open the log and die (the WAL now names an empty log): the epoch still closes whole."""
-    from distfs_pipeline.identity import load_identity
-    from distfs_pipeline.state import RoundJournal, StateLock, recover
+    from distfs_pipeline.persist.identity import load_identity
+    from distfs_pipeline.persist.state import RoundJournal, StateLock, recover
 
     store = str(small_store(tmp_path / "store"))
     state = tmp_path / "state.json"
@@ -425,8 +426,8 @@ def test_rewardable_bytes_count_only_blobs_that_exist_and_verify(tmp_path: Path)
 
 
 def test_a_virtual_timeline_past_i64_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    from distfs_pipeline.models import CursorState
-    from distfs_pipeline.state import save_state
+    from distfs_pipeline.core.models import CursorState
+    from distfs_pipeline.persist.state import save_state
 
     state = tmp_path / "state.json"
     save_state(state, CursorState(rounds_executed=(2**63 - START) // TICK + 1))
@@ -549,7 +550,7 @@ def test_sigkill_in_every_durability_mode_loses_and_repeats_no_round(tmp_path: P
 
 
 def test_the_round_log_rotates_keeps_its_segments_bounded_and_starts_without_them(tmp_path: Path) -> None:
-    from distfs_pipeline.state import load_book
+    from distfs_pipeline.persist.state import load_book
 
     store = str(small_store(tmp_path / "store"))
     state = tmp_path / "state.json"
@@ -574,10 +575,10 @@ def test_the_round_log_rotates_keeps_its_segments_bounded_and_starts_without_the
 def test_a_kill_right_after_a_rotation_strands_no_epoch_report(tmp_path: Path) -> None:
     """The closing round is committed, the log rotates, the run dies before epochs.jsonl: the next
     start still writes that epoch's report, once."""
-    from distfs_pipeline import runner
-    from distfs_pipeline.identity import ensure_identity
-    from distfs_pipeline.models import CursorState
-    from distfs_pipeline.state import LogOptions, RoundJournal, recover
+    from distfs_pipeline.core.models import CursorState
+    from distfs_pipeline.persist.identity import ensure_identity
+    from distfs_pipeline.persist.state import LogOptions, RoundJournal, recover
+    from distfs_pipeline.pipeline import runner
 
     state = tmp_path / "state.json"
     identity, _ = ensure_identity(state, "w", "n", "/store")

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline.auditor import Auditor
-from distfs_pipeline.errors import Serde
-from distfs_pipeline.models import (
+from distfs_pipeline.core.auditor import Auditor
+from distfs_pipeline.core.errors import Serde
+from distfs_pipeline.core.models import (
     AdaptivePolicy,
     CursorState,
     ProbeConfig,
     VerifyOptions,
     runtime_config_to_upstream_dict,
 )
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.store import LocalCasStore
 
 UPSTREAM_STATE_KEYS = [
     "next_blob_cursor",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline import safefile
+from distfs_pipeline.core import safefile
 
 
 def test_append_refuses_symlink_and_keeps_target(tmp_path: Path) -> None:

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from distfs_pipeline import study
-from distfs_pipeline.auditor import Auditor
-from distfs_pipeline.chunks import ChunkedReader
-from distfs_pipeline.errors import BlobHashMismatch, UsageError
-from distfs_pipeline.models import (
+from distfs_pipeline.core.auditor import Auditor
+from distfs_pipeline.core.chunks import ChunkedReader
+from distfs_pipeline.core.errors import BlobHashMismatch, UsageError
+from distfs_pipeline.core.models import (
     AdaptivePolicy,
     CheckFailure,
     CursorState,
@@ -22,7 +21,10 @@ from distfs_pipeline.models import (
     RoundReport,
     VerifyOptions,
 )
-from distfs_pipeline.scenarios import (
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.pipeline.validation import Settings, settings_from_cfg
+from distfs_pipeline.studies import study
+from distfs_pipeline.studies.scenarios import (
     FaultEvent,
     FaultInjector,
     FaultKind,
@@ -31,8 +33,6 @@ from distfs_pipeline.scenarios import (
     healthy_copy,
     resolve_targets,
 )
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings, settings_from_cfg
 
 START, TICK = 1_767_225_600_000, 200
 TTL, SKEW = 30_000, 5_000

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline import scheduler
-from distfs_pipeline.auditor import Auditor
-from distfs_pipeline.errors import DistributedValidationFailed, Io
-from distfs_pipeline.models import (
+from distfs_pipeline.core import scheduler
+from distfs_pipeline.core.auditor import Auditor
+from distfs_pipeline.core.errors import DistributedValidationFailed, Io
+from distfs_pipeline.core.models import (
     I64_MAX,
     U64_MAX,
     AdaptivePolicy,
@@ -26,7 +26,7 @@ from distfs_pipeline.models import (
     SampleSource,
     VerifyOptions,
 )
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.store import LocalCasStore
 
 
 def blob(size: int) -> bytes:
@@ -545,7 +545,7 @@ def test_auditor_mixed_round_passes_and_keeps_last_semantics(store, auditor) -> 
 
 
 def test_auditor_ids_use_raw_cursor(store, auditor, monkeypatch) -> None:
-    from distfs_pipeline import auditor as auditor_module
+    from distfs_pipeline.core import auditor as auditor_module
 
     hashes = sorted(store.put_bytes(blob(n)) for n in (20, 30))
     seen: list[tuple[str, str]] = []

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from distfs_pipeline import schemas
-from distfs_pipeline.schemas import MODELS, build_schemas, main, render, schema_filename, validate_file
+from distfs_pipeline.pipeline import schemas
+from distfs_pipeline.pipeline.schemas import (
+    MODELS,
+    build_schemas,
+    main,
+    render,
+    schema_filename,
+    validate_file,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_YAMLS = sorted((ROOT / "conf").rglob("*.yaml"))
@@ -176,7 +183,7 @@ def test_validate_command_as_a_module(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "distfs_pipeline.schemas",
+            "distfs_pipeline.pipeline.schemas",
             "validate",
             str(bad),
             str(ROOT / "conf" / "config.yaml"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline.store import LocalCasStore
+from distfs_pipeline.core.store import LocalCasStore
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "docs" / "distfs-pipeline.service"

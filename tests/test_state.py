@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distfs_pipeline.errors import UsageError
-from distfs_pipeline.identity import Identity, ensure_identity, identity_path
-from distfs_pipeline.journal import decode_line, encode_record, line_prefix
-from distfs_pipeline.models import CURSOR_STATE_REQUIRED, CursorState
-from distfs_pipeline.state import (
+from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.core.models import CURSOR_STATE_REQUIRED, CursorState
+from distfs_pipeline.persist.identity import Identity, ensure_identity, identity_path
+from distfs_pipeline.persist.journal import decode_line, encode_record, line_prefix
+from distfs_pipeline.persist.state import (
     LogOptions,
     RoundJournal,
     StateLock,
@@ -145,7 +145,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from distfs_pipeline.state import StateLock; "
+            "import sys, time; from distfs_pipeline.persist.state import StateLock; "
             "StateLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
             str(path),
         ],
@@ -471,7 +471,7 @@ def test_the_tail_scan_reads_only_back_to_the_checkpoint(tmp_path: Path) -> None
     journal.close(sample_state(3))
     fd = os.open(log, os.O_RDONLY)
     try:
-        from distfs_pipeline import journal as journal_mod
+        from distfs_pipeline.persist import journal as journal_mod
 
         tail = journal_mod.scan_tail(fd, str(log), identity.state_id, 3, cap=1 << 20)  # well under 1.2 MB
         assert [r["round_index"] for r in tail.records] == [3]
@@ -524,7 +524,7 @@ def test_a_state_that_could_not_be_loaded_back_is_never_written(tmp_path: Path) 
 def test_the_backward_scan_yields_every_line_once_across_block_boundaries(
     tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], block: int
 ) -> None:
-    from distfs_pipeline import journal as journal_mod
+    from distfs_pipeline.persist import journal as journal_mod
 
     path = tmp_path_factory.mktemp("scan") / "log"
     data = b"".join(line + b"\n" for line in lines)

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from distfs_pipeline import status
-from distfs_pipeline.runner import run_audit
-from distfs_pipeline.state import book_path, wal_path
-from distfs_pipeline.store import LocalCasStore
-from distfs_pipeline.validation import Settings
+from distfs_pipeline.core.store import LocalCasStore
+from distfs_pipeline.ops import status
+from distfs_pipeline.persist.state import book_path, wal_path
+from distfs_pipeline.pipeline.runner import run_audit
+from distfs_pipeline.pipeline.validation import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_767_225_600_000
@@ -92,7 +92,7 @@ def test_a_plain_store_shows_a_lost_blob_that_left_the_listing(
     root, state = tmp_path / "store", tmp_path / "state.json"
     (root / "blobs").mkdir(parents=True)
     data = [f"plain {i}".encode() for i in range(3)]
-    from distfs_pipeline.store import blake3_hex
+    from distfs_pipeline.core.store import blake3_hex
 
     for blob in data:
         (root / "blobs" / f"{blake3_hex(blob)}.blob").write_bytes(blob)
@@ -171,7 +171,7 @@ def test_blobs_never_checked_and_an_unreadable_store(
 
 def run_status(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "distfs_pipeline.status", *argv],
+        [sys.executable, "-m", "distfs_pipeline.ops.status", *argv],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

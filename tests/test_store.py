@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from distfs_pipeline import index as index_module
-from distfs_pipeline import store as store_module
-from distfs_pipeline.errors import (
+from distfs_pipeline.core import index as index_module
+from distfs_pipeline.core import store as store_module
+from distfs_pipeline.core.errors import (
     BlobHashInvalid,
     BlobHashMismatch,
     BlobNotFound,
@@ -21,8 +21,8 @@ from distfs_pipeline.errors import (
     Io,
     Serde,
 )
-from distfs_pipeline.index import INDEX_FILE, SNAPSHOT_FILE
-from distfs_pipeline.store import LocalCasStore, blake3_hex, validate_hash
+from distfs_pipeline.core.index import INDEX_FILE, SNAPSHOT_FILE
+from distfs_pipeline.core.store import LocalCasStore, blake3_hex, validate_hash
 
 
 def make_blob(n: int) -> bytes:

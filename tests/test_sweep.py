@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from distfs_pipeline import sweep
+from distfs_pipeline.studies import sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -300,7 +300,7 @@ def test_a_single_study_job_prints_its_study_metrics(tmp_path: Path) -> None:
 
 
 def test_a_censored_latency_is_printed_as_a_lower_bound() -> None:
-    from distfs_pipeline.study import StudyMetrics, format_study
+    from distfs_pipeline.studies.study import StudyMetrics, format_study
 
     metrics = StudyMetrics(fault_episodes=1, undetected_episodes=1, detection_latency_ms=20000.0)
     metrics.detection_latency_rounds = 100.0
