@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -280,13 +282,29 @@ def test_study_job_measures_a_lost_blob_and_never_touches_the_source(tmp_path: P
     assert (tmp_path / "job" / "scenario-store" / "blobs").is_dir()
 
 
-def test_in_place_study_restores_the_store(tmp_path: Path) -> None:
+def test_in_place_is_no_longer_an_option_and_the_store_is_untouched(tmp_path: Path) -> None:
+    """Issue 8: a study killed mid-fault must not leave a user's store damaged, so faults always hit
+    a scratch copy; asking for the old in-place mode is one line, exit 2, before anything runs."""
     store = make_store(tmp_path / "src")
-    before = {k: v[0] for k, v in snapshot(store.blobs_dir).items()}
-    faults = [{"kind": "unreadable", "at_round": 2}, {"kind": "truncate", "at_round": 2, "target_index": 1}]
-    study.run_scenario_job(settings(store.root, faults, rounds=6, in_place=True), None, tmp_path / "job")
-    assert {k: v[0] for k, v in snapshot(store.blobs_dir).items()} == before
-    assert not (tmp_path / "job" / "scenario-store").exists()
+    before = snapshot(store.root)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distfs_pipeline",
+            "scenario=lost_blob",
+            "scenario.in_place=true",
+            f"runtime.storage_root={store.root}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "scenario.in_place" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+    assert snapshot(store.root) == before and not (tmp_path / "run").exists()
 
 
 def test_failed_job_still_writes_its_result(tmp_path: Path) -> None:

@@ -159,7 +159,6 @@ class ScenarioConf:
     name: str = "none"
     description: str = ""
     baseline: Baseline = Baseline.healthy
-    in_place: bool = False
     faults: list[FaultConf] = field(default_factory=list)
     objective_weight_checks: float = 0.0
     objective_weight_recovery: float = 0.0

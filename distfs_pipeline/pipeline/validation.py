@@ -329,10 +329,6 @@ class ScenarioSettings(_Settings):
         description="healthy: the scratch copy keeps only blobs that verify, so the scenario's faults "
         "are the only ones; as_is: copy every blob.",
     )
-    in_place: bool = Field(
-        False,
-        description="Fault runtime.storage_root itself, not a scratch copy (restored after).",
-    )
     faults: list[FaultSettings] = Field(default_factory=list, description="Fault schedule entries.")
     objective_weight_checks: float = Field(
         0.0, ge=0.0, description="Objective: ms of detection latency one check is worth."

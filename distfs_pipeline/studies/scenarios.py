@@ -203,7 +203,7 @@ class FaultInjector:
 
     Call `before_round(n, observed_ms)` before every round (skipped ones too): each fault whose
     desired state differs from its current one is injected or repaired, and the switch is recorded
-    in `events`. `restore_all()` repairs whatever is still active (used after an in-place study).
+    in `events`.
     """
 
     def __init__(
@@ -243,13 +243,6 @@ class FaultInjector:
     def response_delay_ms(self, content_hash: str) -> int:
         """How late the node answers a challenge for `content_hash` (0 unless a `slow` fault is on)."""
         return self._delays.get(content_hash, 0)
-
-    def restore_all(self) -> None:
-        """Repair every active fault (no event is recorded: the study is over)."""
-        for target in self.targets:
-            if target.active:
-                self._repair(target)
-                target.active = False
 
     # ------------------------------------------------------------------ inject / repair
 

@@ -230,7 +230,6 @@ class PreparedStore:
 
     root: Path
     source: Path
-    in_place: bool
     blobs: int
     dropped_unhealthy: list[str] = field(default_factory=list)
 
@@ -249,24 +248,21 @@ def check_horizon(settings: Settings) -> None:
 
 
 def prepare_store(settings: Settings, run_dir: Path) -> PreparedStore:
-    """The scratch copy (or, with `scenario.in_place`, the store itself) the faults will hit."""
+    """The scratch copy the faults will hit: a study never writes the audited store itself.
+
+    (Faulting the store in place was an option once; a kill -9 mid-study would have left a user's
+    store damaged, so it is gone: a fault always lands on a copy in the job dir.)
+    """
     scenario, root = settings.scenario, settings.runtime.storage_root
-    if scenario.in_place:
-        if root is None:
-            raise UsageError("scenario.in_place: needs runtime.storage_root (the demo store is shared)")
-        source = Path(root).absolute()
-        if not source.is_dir():
-            raise UsageError(f"runtime.storage_root: {source} is not a directory")
-        return PreparedStore(source, source, True, len(_candidates(source)))
     source = Path(root).absolute() if root is not None else demo.ensure_demo_store()
     scratch = run_dir / SCRATCH_STORE
     if scratch.exists():
         raise UsageError(f"{scratch} exists: a study starts fresh, use a new hydra.run.dir")
     if scenario.baseline == "as_is":
         copy_store(source, scratch)
-        return PreparedStore(scratch, source, False, len(_candidates(scratch)))
+        return PreparedStore(scratch, source, len(_candidates(scratch)))
     kept, dropped = healthy_copy(source, scratch)
-    return PreparedStore(scratch, source, False, kept, dropped)
+    return PreparedStore(scratch, source, kept, dropped)
 
 
 def _candidates(root: Path) -> Sequence[str]:
@@ -315,11 +311,7 @@ def run_study(settings: Settings, run_dir: Path) -> dict[str, Any]:
         on_round=reports.append,
         store_root=store.root,
     )
-    try:
-        summary = run_audit(settings, run_dir, hooks)
-    finally:
-        if store.in_place:
-            injector.restore_all()
+    summary = run_audit(settings, run_dir, hooks)
     metrics = compute_metrics(reports, injector.events, settings.runtime.tick_ms)
     return _completed_record(settings, store, metrics, summary)
 
@@ -342,7 +334,6 @@ def _completed_record(
         "store": {
             "audited": str(store.root),
             "source": str(store.source),
-            "in_place": store.in_place,
             "blobs": store.blobs,
             "dropped_unhealthy": store.dropped_unhealthy,
         },
