@@ -222,11 +222,21 @@ def test_empty_store_warns_and_reports_no_data(tmp_path: Path, cache_home: Path)
         cache_home,
         f"runtime.storage_root={store}",
         "runtime.rounds=2",
+        "runtime.allow_empty_store=true",
         f"hydra.run.dir={tmp_path / 'r'}",
     )
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "no blobs" in result.stderr
     assert summary_of(tmp_path / "r")["no_data"] is True
+    assert list(store.iterdir()) == []
+
+
+def test_a_root_without_blobs_is_one_line_exit_2(tmp_path: Path, cache_home: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    result = run_cli(tmp_path, cache_home, f"runtime.storage_root={store}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "runtime.allow_empty_store=true" in result.stderr
     assert list(store.iterdir()) == []
 
 

@@ -166,7 +166,7 @@ def test_runtime_wall_runs_until_stopped() -> None:
 
 def test_runtime_keys_match_the_architecture() -> None:
     expected = {"world_id", "node_id", "storage_root", "state_path", "clock", "start_unix_ms", "tick_ms"}
-    expected |= {"rounds", "epoch_rounds", "progress"}
+    expected |= {"rounds", "epoch_rounds", "progress", "allow_empty_store"}
     expected |= {"tick_jitter_ms", "metrics_port", "metrics_textfile"}  # operations (issue 9)
     expected |= {"durability", "durability_interval_ms", "log_max_bytes", "log_keep", "log_compress"}
     expected |= {"log_format"}  # logging (issue 9)

@@ -115,10 +115,27 @@ def test_empty_store_warns_reports_no_data_and_is_not_written(
     store = tmp_path / "empty"
     store.mkdir()
     before = tree(store)
-    summary = run_audit(make_settings(storage_root=str(store), rounds=3), tmp_path / "run")
+    settings = make_settings(storage_root=str(store), rounds=3, allow_empty_store=True)
+    summary = run_audit(settings, tmp_path / "run")
     assert "warning:" in capsys.readouterr().err
     assert summary["no_data"] and summary["no_data_reason"] == "empty store"
     assert tree(store) == before
+
+
+def test_a_root_that_is_not_a_store_is_refused_unless_meant_to_be_empty(tmp_path: Path) -> None:
+    """Issue 8: no `blobs/` is a usage error (a typo would audit nothing), unless the user says so;
+    a `blobs` that is not a directory is refused always. Nothing is written to the state."""
+    root = tmp_path / "not-a-store"
+    root.mkdir()
+    state = tmp_path / "state.json"
+    with pytest.raises(UsageError, match=r"runtime\.storage_root: .* has no blobs/ .*allow_empty_store=true"):
+        run_audit(make_settings(storage_root=str(root), state_path=str(state)), tmp_path / "run")
+    (root / "blobs").write_text("a file\n")
+    for allow in (False, True):
+        settings = make_settings(storage_root=str(root), state_path=str(state), allow_empty_store=allow)
+        with pytest.raises(UsageError, match=r"blobs is not a directory: this is not a DistFS store"):
+            run_audit(settings, tmp_path / "run")
+    assert not state.exists() and sorted(p.name for p in root.iterdir()) == ["blobs"]
 
 
 def test_missing_store_root_names_the_key(tmp_path: Path) -> None:
@@ -174,12 +191,6 @@ def test_progress_draws_only_when_wanted(mode: str, shown: bool) -> None:
 # --- broken stores: the run goes on, fails closed, and never writes to the store -----------------
 
 
-def _blobs_dir_is_a_file(root: Path) -> None:
-    (root / "blobs").mkdir(parents=True)
-    (root / "blobs").rmdir()
-    (root / "blobs").write_text("not a directory\n")
-
-
 def _index_is_a_directory(root: Path) -> None:
     small_store(root)
     index = LocalCasStore(root).index_path
@@ -187,7 +198,7 @@ def _index_is_a_directory(root: Path) -> None:
     index.mkdir()
 
 
-@pytest.mark.parametrize("breakage", [_blobs_dir_is_a_file, _index_is_a_directory])
+@pytest.mark.parametrize("breakage", [_index_is_a_directory])
 def test_a_store_that_cannot_be_listed_fails_every_round_and_is_not_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], breakage: Any
 ) -> None:

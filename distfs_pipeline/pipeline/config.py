@@ -116,6 +116,7 @@ class RuntimeConf:
     rounds: int = 300
     epoch_rounds: int = 100
     progress: Progress = Progress.auto
+    allow_empty_store: bool = False
     tick_jitter_ms: int = 0
     metrics_port: int | None = None
     metrics_textfile: str | None = None

@@ -52,6 +52,7 @@ from distfs_pipeline.core.errors import UsageError
 from distfs_pipeline.pipeline import (
     confguard,
     config,  # noqa: F401  (importing registers the structured-config schema)
+    resolvers,  # noqa: F401  (importing registers ${distfs_run_id:}, which hydra.run.dir uses)
 )
 from distfs_pipeline.pipeline.validation import settings_from_cfg
 

@@ -118,7 +118,29 @@ def resolve_settings(settings: Settings, run_dir: Path, hooks: RunHooks | None =
     )
 
 
-def _open_store(root: Path, listing_cache_dir: str | None = None) -> LocalCasStore:
+def check_store_root(root: Path, allow_empty: bool = False) -> None:
+    """A store root that is not a DistFS store is the user's key (fail closed), not an empty store.
+
+    Upstream reads a missing `blobs/` as an empty store, so a typo in the path would audit nothing
+    and report it quietly. Ours: no `blobs/` is exit 2 unless `runtime.allow_empty_store` says the
+    store is meant to be empty; a `blobs` that is not a directory is always an error.
+    """
+    if not root.is_dir():
+        problem = "is not a directory" if root.exists() else "does not exist"
+        raise UsageError(f"runtime.storage_root: {root} {problem}")
+    blobs_dir = root / "blobs"
+    if blobs_dir.is_dir():
+        return
+    if blobs_dir.exists() or blobs_dir.is_symlink():
+        raise UsageError(f"runtime.storage_root: {blobs_dir} is not a directory: this is not a DistFS store")
+    if not allow_empty:
+        raise UsageError(
+            f"runtime.storage_root: {root} has no blobs/ directory, so it is not a DistFS store; "
+            "check the path, or set runtime.allow_empty_store=true if the store is meant to be empty"
+        )
+
+
+def _open_store(root: Path, listing_cache_dir: str | None = None, allow_empty: bool = False) -> LocalCasStore:
     """The store to audit; a missing root is the user's key, not an empty store.
 
     `listing_cache_dir` (the resolved `probe.chunk_cache_dir`, in both verify modes) keeps a plain
@@ -126,9 +148,7 @@ def _open_store(root: Path, listing_cache_dir: str | None = None) -> LocalCasSto
     mode, which never needed the dir before, the store creates it on its first listing write, and
     a path that cannot be used there is only a logged warning (the run goes on without the cache).
     """
-    if not root.is_dir():
-        problem = "is not a directory" if root.exists() else "does not exist"
-        raise UsageError(f"runtime.storage_root: {root} {problem}")
+    check_store_root(root, allow_empty)
     return LocalCasStore(root, listing_cache_dir=listing_cache_dir)
 
 
@@ -394,7 +414,7 @@ def run_audit(settings: Settings, run_dir: Path, hooks: RunHooks | None = None) 
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = resolve_settings(settings, run_dir, hooks)
     rt = settings.runtime
-    store = _open_store(Path(rt.storage_root or ""), settings.probe.chunk_cache_dir)
+    store = _open_store(Path(rt.storage_root or ""), settings.probe.chunk_cache_dir, rt.allow_empty_store)
     _check_cache_dir(settings)
     auditor = _make_auditor(settings, store, hooks)
     state_path = Path(rt.state_path or "")

@@ -193,6 +193,11 @@ class RuntimeSettings(_Settings):
     progress: Literal["auto", "always", "never"] = Field(
         "auto", description="Progress display: auto (on a terminal), always or never."
     )
+    allow_empty_store: bool = Field(
+        False,
+        description="A storage_root without blobs/ is refused (not a store) unless this says the store "
+        "is meant to be empty.",
+    )
     tick_jitter_ms: int = _i64(
         0, "Wall clock: each tick is tick_ms plus a uniform offset within +-tick_jitter_ms (< tick_ms)."
     )
