@@ -2,7 +2,8 @@
 
 Why: upstream keeps only node-wide state (14 keys), so an operator cannot ask "which blobs are
 failing, since when, how often" and a policy cannot treat one bad blob differently from a bad
-node. This module is the pure part: a `BlobRecord` per content hash and `apply_report`, which
+node. This module is the pure part: a `BlobRecord` per content hash (the plain value, defined in
+`models` with the other values the layers pass around, re-exported here) and `apply_report`, which
 returns the records a round changed. Persisting the records (beside the state file, never in it
 and never in the store) is the runner's job; `status` reads them; the precise policy adds its
 scheduling fields here.
@@ -15,68 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from distfs_pipeline.core import precision
-from distfs_pipeline.core.models import AdaptivePolicy, FailureReason, RoundReport
-
-PASS = "pass"
-FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class BlobRecord:
-    """One blob's check history. Times are the round's observed time (unix ms)."""
-
-    checks: int = 0
-    failures: int = 0
-    last_result: str | None = None  # PASS | FAIL | None (never checked)
-    last_reason: str | None = None  # the FailureReason of the last failed check
-    last_checked_ms: int | None = None
-    last_pass_ms: int | None = None
-    first_failure_ms: int | None = None  # first failure of the current failing streak
-    last_failure_ms: int | None = None
-    consecutive_failures: int = 0
-    size_bytes: int | None = None  # size of the blob file at its last passing check (rewardable bytes)
-    # Scheduling (the precise policy, `precision`): None/0 under upstream's node-scope policy.
-    next_due_ms: int | None = None  # out of the rotation: checked ahead of it once this time comes
-    contained: int = 0  # re-asks spent on the current environment failure (Storj's containment)
-    contained_since_ms: int | None = None  # when the contained sample was first asked (its seed)
-
-    @property
-    def failing(self) -> bool:
-        return self.last_result == FAIL
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> BlobRecord:
-        """A record from its dict; `ValueError` when a known field has the wrong type."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in raw:
-                continue
-            value = raw[f.name]
-            if not _type_ok(f.type, value):
-                raise ValueError(f"blob record field `{f.name}` has a bad value: {value!r}")
-            values[f.name] = value
-        record = cls(**values)
-        if record.last_result not in (None, PASS, FAIL):
-            raise ValueError(f"blob record field `last_result` has a bad value: {record.last_result!r}")
-        return record
-
-
-def _type_ok(annotation: Any, value: Any) -> bool:
-    text = str(annotation)
-    if value is None:
-        return "None" in text
-    if "int" in text:
-        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-    if "str" in text:
-        return isinstance(value, str)
-    return False
+from distfs_pipeline.core.models import FAIL as FAIL
+from distfs_pipeline.core.models import PASS as PASS
+from distfs_pipeline.core.models import AdaptivePolicy, BlobRecord, FailureReason, RoundReport
 
 
 def record_check(record: BlobRecord, observed_ms: int, reason: FailureReason | str | None) -> BlobRecord:

@@ -48,14 +48,11 @@ import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import blake3
 
-from distfs_pipeline.core.models import AdaptivePolicy, FailureReason, RoundReport
-
-if TYPE_CHECKING:
-    from distfs_pipeline.core.blobs import BlobRecord
+from distfs_pipeline.core.backoff import compute_backoff
+from distfs_pipeline.core.models import AdaptivePolicy, BlobRecord, FailureReason, RoundReport
 
 ENVIRONMENT = frozenset({FailureReason.TIMEOUT, FailureReason.READ_IO_ERROR, FailureReason.UNKNOWN})
 LOSS = frozenset({FailureReason.HASH_MISMATCH, FailureReason.MISSING_SAMPLE, FailureReason.SIGNATURE_INVALID})
@@ -272,10 +269,6 @@ def systemic_round(report: RoundReport, policy: AdaptivePolicy) -> FailureReason
 
 
 def _backoff_ms(policy: AdaptivePolicy, streak: int, reason: FailureReason) -> int:
-    from distfs_pipeline.core.scheduler import (
-        compute_backoff,  # scheduler imports models only; no cycle at call time
-    )
-
     return compute_backoff(
         policy.backoff_base_ms, policy.backoff_max_ms, streak, policy.multiplier_for(reason)
     )

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Mapping
 
 from distfs_pipeline.core import precision
+from distfs_pipeline.core.backoff import MAX_BACKOFF_EXPONENT as MAX_BACKOFF_EXPONENT
+from distfs_pipeline.core.backoff import compute_backoff as compute_backoff
 from distfs_pipeline.core.errors import DistributedValidationFailed
 from distfs_pipeline.core.models import (
     I64_MAX,
@@ -31,7 +33,6 @@ from distfs_pipeline.core.models import (
 )
 
 # Upstream caps the doubling at 2^16 so the exponent never overflows a shift.
-MAX_BACKOFF_EXPONENT = 16
 
 # Our multiplier field names in upstream's validation order (hash_mismatch ... unknown).
 _MULTIPLIER_FIELDS = tuple(name for name in POLICY_UPSTREAM_NAMES if name.startswith("backoff_multiplier_"))
@@ -111,19 +112,6 @@ def _validate_precise(policy: AdaptivePolicy) -> None:
         _fail("adaptive policy systemic_percent must be within 0..=100")
     if not 0 <= policy.priority_share_percent <= 99:
         _fail("adaptive policy priority_share_percent must be within 0..=99")
-
-
-def compute_backoff(base_ms: int, max_ms: int, rounds: int, multiplier: int) -> int:
-    """Exponential backoff for the `rounds`-th consecutive failure round, scaled by the reason.
-
-    `min(base * 2^min(rounds-1, 16) * multiplier, max)`; 0 when backoff is disabled (base or max
-    not positive) or there is no failure streak. Python ints never overflow, so clamping to
-    i64::MAX reproduces upstream's saturating multiply.
-    """
-    if base_ms <= 0 or max_ms <= 0 or rounds <= 0:
-        return 0
-    exponent = min(rounds - 1, MAX_BACKOFF_EXPONENT)
-    return min(_sat_i64(base_ms * (1 << exponent) * multiplier), max_ms)
 
 
 def _parse_reason_key(key: str) -> FailureReason:
