@@ -114,9 +114,8 @@ def _age(path: Path) -> None:
 
 def run_app(root: Path, cache: Path, work: Path) -> tuple[float, int]:
     """One whole-process 100-round run: (wall seconds, peak RSS in KiB). Fails loudly on exit != 0."""
-    state = work / "state.json"
-    state.unlink(missing_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+    state = run_dir / "state.json"  # a fresh state (and identity) per run: every run starts the same
     overrides = [
         f"runtime.storage_root={root}",
         f"runtime.rounds={ROUNDS}",
