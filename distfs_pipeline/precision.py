@@ -143,19 +143,26 @@ def slot_blob(hashes: Sequence[str], cursor: int, policy: AdaptivePolicy, seed: 
     return _permutation(tuple(hashes), seed, position // n, policy.order == "jitter")[position % n]
 
 
-def _waits_for_slot(record: BlobRecord) -> bool:
-    """An environment backoff only ever removes checks: once it ran out, the blob is back at its
-    rotation slot, never ahead of it (or a short backoff would check a slow disk more than once a
-    pass). Proof of loss, containment re-asks and released blobs are due work, served first."""
+def _waits_for_slot(record: BlobRecord, policy: AdaptivePolicy | None = None) -> bool:
+    """With `environment_recheck=slot` an environment backoff only ever removes checks: once it ran
+    out, the blob is back at its rotation slot, never ahead of it (or a short backoff would check a
+    slow disk more than once a pass). With `due` it is due work like the rest, so a repair of a
+    blob that failed for the environment is noticed when its backoff ends, not a pass later (its
+    own rotation slots stay idle meanwhile, so a backoff longer than a pass still saves checks).
+    Proof of loss, containment re-asks and released blobs are always due work, served first."""
+    if policy is not None and policy.environment_recheck == "due":
+        return False
     return _urgency(record) == 2
 
 
-def in_rotation(record: BlobRecord | None, now_ms: int | None = None) -> bool:
+def in_rotation(
+    record: BlobRecord | None, now_ms: int | None = None, policy: AdaptivePolicy | None = None
+) -> bool:
     """Whether the blob is checked at its rotation slot: no due time, or (given `now_ms`) an
-    environment backoff that has run out."""
+    environment backoff that has run out and waits for its slot (see `_waits_for_slot`)."""
     if record is None or record.next_due_ms is None:
         return True
-    return now_ms is not None and record.next_due_ms <= now_ms and _waits_for_slot(record)
+    return now_ms is not None and record.next_due_ms <= now_ms and _waits_for_slot(record, policy)
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,12 @@ def _urgency(record: BlobRecord) -> int:
     return 1 if record.contained else 2
 
 
-def due_blobs(hashes: Sequence[str], book: Mapping[str, BlobRecord], now_ms: int) -> list[str]:
+def due_blobs(
+    hashes: Sequence[str],
+    book: Mapping[str, BlobRecord],
+    now_ms: int,
+    policy: AdaptivePolicy | None = None,
+) -> list[str]:
     """Candidates out of the rotation whose due time has come, oldest first (then most urgent).
 
     O(book) per round: fine for the stores this tool audits (a sorted due index would make it
@@ -198,7 +210,9 @@ def due_blobs(hashes: Sequence[str], book: Mapping[str, BlobRecord], now_ms: int
     due = [
         (record.next_due_ms, _urgency(record), h)
         for h, record in book.items()
-        if record.next_due_ms is not None and record.next_due_ms <= now_ms and not _waits_for_slot(record)
+        if record.next_due_ms is not None
+        and record.next_due_ms <= now_ms
+        and not _waits_for_slot(record, policy)
     ]
     if not due:
         return []
@@ -231,7 +245,7 @@ def plan_round(
     budget = min(budget, n)
     if budget <= 0:
         return RoundPlan((), 0)
-    queue = due_blobs(hashes, book, now_ms) if per_blob(policy) else []
+    queue = due_blobs(hashes, book, now_ms, policy) if per_blob(policy) else []
     checks: list[PlannedCheck] = []
 
     def take_priority() -> None:
@@ -249,7 +263,7 @@ def plan_round(
         slots -= 1
         if any(c.content_hash == h for c in checks):
             continue  # a new pass's order can put a blob just checked next: once a round is enough
-        if in_rotation(book.get(h), now_ms):
+        if in_rotation(book.get(h), now_ms, policy):
             checks.append(PlannedCheck(h, ROTATION, now_ms))
         elif queue:
             take_priority()  # the slot's own blob waits for its due time: lend the slot
