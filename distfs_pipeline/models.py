@@ -195,6 +195,8 @@ class AdaptivePolicy(_Record):
     order_seed: str = ""  # mixed with world and node ids into the shuffle's seed
     environment_recheck: str = "slot"  # blob scope: slot: a run-out environment backoff waits for
     # the blob's rotation slot; due: it is re-checked then, as due work (its slot stays idle)
+    group_backoff_ms: int = 0  # blob scope: an environment failure backs off this long when another
+    # blob failing for the same reason is due sooner (its pass releases this one); 0: off
 
     def multiplier_for(self, reason: FailureReason) -> int:
         return int(getattr(self, f"backoff_multiplier_{reason.value.lower()}"))

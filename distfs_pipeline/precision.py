@@ -20,6 +20,13 @@ and each of their ideas is one policy key here, off by default:
   failure condemns it (and starts `loss_recheck_ms`).
 - `release_on_pass`: when a blob backed off for an environment reason passes, every blob backed off
   for the same reason is due again: the disk is back, so its repair is noticed at once.
+- `environment_recheck=due`: a blob whose environment backoff ran out is due work (re-checked
+  then, not at its next rotation slot), so a repaired disk is seen within the backoff; its own
+  rotation slots stay idle while it fails.
+- `group_backoff_ms` (with `release_on_pass`): blobs failing for the same environment reason
+  share one watcher: a failing blob whose reason another blob will re-check before its own
+  backoff ends backs off this much longer instead; the watcher's pass releases the group. Ten
+  slow blobs then cost about one re-check per backoff, not ten.
 - the systemic guard (Storj's suspected network problem): in a round of at least
   `systemic_min_checks` checks of which more than `systemic_percent` % fail the same environmental
   way, those failures are blamed on the environment, not on the blobs: no blob is contained or
@@ -35,7 +42,8 @@ round's slots (with one slot: every other round), plus any slot whose rotation b
 the rotation, so the cursor always advances and the rotation cannot starve.
 
 Bound (blob scope, property-tested in `tests/test_precision.py`): with n candidates, b slots per
-round, `priority_share_percent` s and the longest delay D = max(backoff_max_ms, loss_recheck_ms),
+round, `priority_share_percent` s and the longest delay
+D = max(backoff_max_ms, loss_recheck_ms, group_backoff_ms),
 every blob is checked within `D / tick + 4 * P + 1` rounds of its previous check, where
 P = ceil(100 * n / (b * (100 - s))) bounds the rounds one pass of the rotation takes: two passes for
 a blob in the rotation (a new order may put it first, then last), and at most two more for a due
@@ -301,12 +309,16 @@ def reschedule(
     policy: AdaptivePolicy,
     *,
     blamed_on_environment: bool = False,
+    group_due_ms: int | None = None,
 ) -> BlobRecord:
     """`after` (the record with this check folded in) with its scheduling fields set.
 
     Pass: back in the rotation. Loss: confirmation, then `loss_recheck_ms` (or the backoff when
     `backoff_on_loss`). Environment: containment, then the blob's own backoff. A failure the
-    systemic guard blames on the environment leaves the blob in the rotation.
+    systemic guard blames on the environment leaves the blob in the rotation. `group_due_ms` is
+    the earliest due time of the other blobs failing for the same reason (see `group_due`): when it
+    comes before this blob's own backoff ends, someone else watches the reason, so this blob backs
+    off `group_backoff_ms` (if longer); with `release_on_pass` that one's pass releases it.
     """
     clear = {"contained": 0, "contained_since_ms": None}
     if reason is None or blamed_on_environment:
@@ -326,7 +338,24 @@ def reschedule(
         )
     streak = max(after.consecutive_failures - policy.containment_attempts, 1)
     backoff = _backoff_ms(policy, streak, reason)
+    if policy.group_backoff_ms > 0 and group_due_ms is not None and group_due_ms <= now_ms + backoff:
+        backoff = max(backoff, policy.group_backoff_ms)
     return dataclasses.replace(after, **clear, next_due_ms=now_ms + backoff if backoff > 0 else None)
+
+
+def group_due(book: Mapping[str, BlobRecord], content_hash: str, reason: FailureReason) -> int | None:
+    """The earliest due time of the blobs other than `content_hash` failing for environment `reason`
+    (None: no other, or not an environment reason). O(book), like `due_blobs`."""
+    if reason not in ENVIRONMENT:
+        return None
+    return min(
+        (
+            r.next_due_ms
+            for h, r in book.items()
+            if h != content_hash and r.failing and r.last_reason == reason and r.next_due_ms is not None
+        ),
+        default=None,
+    )
 
 
 def released(

@@ -148,6 +148,32 @@ def test_blob_backoff_follows_upstreams_schedule_per_blob() -> None:
     assert _fold(r2, None, 15_000, policy).next_due_ms is None  # a pass: back in the rotation
 
 
+def test_group_backoff_one_blob_watches_a_reason_the_others_wait_for_its_pass() -> None:
+    policy = dataclasses.replace(
+        BLOB, backoff_base_ms=1000, backoff_max_ms=4000, group_backoff_ms=20_000, release_on_pass=True
+    )
+    watcher = _fold(BlobRecord(), T, 10_000, policy)
+    assert watcher.next_due_ms == 11_000  # alone with its reason: upstream's schedule
+    book = {HASHES[0]: watcher}
+    assert precision.group_due(book, HASHES[1], T) == 11_000
+    assert precision.group_due(book, HASHES[0], T) is None  # itself does not count
+    assert precision.group_due(book, HASHES[1], IO) is None  # another reason
+    assert precision.group_due(book, HASHES[1], MISS) is None  # loss is never grouped
+    # HASHES[1] times out at 10_200: HASHES[0] is due before 10_200 + 1000, so HASHES[1] waits 20 s
+    report = _report(10_200, [HASHES[1]], {HASHES[1]: T})
+    waiting = blobs.apply_report(book, report, policy)[HASHES[1]]
+    assert waiting.next_due_ms == 30_200
+    book[HASHES[1]] = waiting
+    # HASHES[0] fails again at 11_000: the other is due only at 30_200, later than 11_000 + 2000
+    book.update(blobs.apply_report(book, _report(11_000, [HASHES[0]], {HASHES[0]: T}), policy))
+    assert book[HASHES[0]].next_due_ms == 13_000
+    # its pass at 13_000 releases HASHES[1] at once
+    changes = blobs.apply_report(book, _report(13_000, [HASHES[0]], {}), policy)
+    assert changes[HASHES[1]].next_due_ms == 13_000 and changes[HASHES[0]].next_due_ms is None
+    off = dataclasses.replace(policy, group_backoff_ms=0)
+    assert blobs.apply_report({HASHES[0]: watcher}, report, off)[HASHES[1]].next_due_ms == 11_200
+
+
 def test_containment_re_asks_n_times_before_the_backoff_starts() -> None:
     policy = dataclasses.replace(BLOB, backoff_base_ms=1000, backoff_max_ms=8000, containment_attempts=2)
     r1 = _fold(BlobRecord(), T, 1000, policy)
@@ -259,26 +285,36 @@ def _precise(**overrides: object) -> AdaptivePolicy:
     share=st.integers(0, 99),
     order=st.sampled_from(["rotate", "shuffle", "jitter"]),
     recheck=st.sampled_from(["slot", "due"]),
+    group=st.sampled_from([0, 0, 3000, 20_000]),
     faults=st.lists(
         st.sampled_from([None, None, T, IO, MISS, FailureReason.HASH_MISMATCH]), min_size=1, max_size=50
     ),
 )
 def test_no_blob_goes_unchecked_longer_than_the_stated_bound(
-    n: int, budget: int, share: int, order: str, recheck: str, faults: list[FailureReason | None]
+    n: int,
+    budget: int,
+    share: int,
+    order: str,
+    recheck: str,
+    group: int,
+    faults: list[FailureReason | None],
 ) -> None:
     """Every blob is checked within D / tick + 4 * P + 1 rounds of its last check, whatever the
-    failures: D = max(backoff_max_ms, loss_recheck_ms), P = ceil(100 * n / (b * (100 - share)))
-    the rounds one pass of the rotation can take (b = min(budget, n) slots, share % lent to due
-    work), two passes for a blob to come round again in a new order, and at most two more for a
-    due blob (due work is served oldest first, and every pass lends each out-of-rotation blob's
-    own slot to it). The same with `environment_recheck=due`: a run-out environment backoff is
-    one more due blob, served oldest first."""
+    failures: D = max(backoff_max_ms, loss_recheck_ms, group_backoff_ms), P = ceil(100 * n /
+    (b * (100 - share))) the rounds one pass of the rotation can take (b = min(budget, n) slots,
+    share % lent to due work), two passes for a blob to come round again in a new order, and at
+    most two more for a due blob (due work is served oldest first, and every pass lends each
+    out-of-rotation blob's own slot to it). The same with `environment_recheck=due` (a run-out
+    environment backoff is one more due blob) and with a group backoff (one more delay in D)."""
     tick = 200
-    policy = _precise(priority_share_percent=share, order=order, environment_recheck=recheck)
+    policy = _precise(
+        priority_share_percent=share, order=order, environment_recheck=recheck, group_backoff_ms=group
+    )
     hashes = tuple(f"{i:064x}" for i in range(n))
     b = min(budget, n)
     rounds_per_pass = -(-100 * n // (b * (100 - share)))
-    bound = max(policy.backoff_max_ms, policy.loss_recheck_ms) // tick + 4 * rounds_per_pass + 1
+    longest = max(policy.backoff_max_ms, policy.loss_recheck_ms, policy.group_backoff_ms)
+    bound = longest // tick + 4 * rounds_per_pass + 1
     book: dict[str, BlobRecord] = {}
     state = CursorState()
     last = {h: 0 for h in hashes}
