@@ -89,6 +89,30 @@ def test_due_work_oldest_first_then_loss_before_containment() -> None:
     assert precision.in_rotation(book[HASHES[1]], 1000) and not precision.in_rotation(book[HASHES[4]], 1000)
 
 
+def test_environment_recheck_due_re_checks_a_run_out_environment_backoff_ahead_of_its_slot() -> None:
+    book = {
+        HASHES[0]: BlobRecord(last_result="fail", last_reason="TIMEOUT", next_due_ms=900),
+        HASHES[1]: BlobRecord(last_result="fail", last_reason="TIMEOUT", next_due_ms=100),
+        HASHES[3]: BlobRecord(last_result="fail", last_reason="MISSING_SAMPLE", next_due_ms=100),
+        HASHES[4]: BlobRecord(last_result="fail", last_reason="TIMEOUT", next_due_ms=2000),
+    }
+    due = dataclasses.replace(BLOB, environment_recheck="due", priority_share_percent=0)
+    # oldest first, loss before environment at the same due time; not before the backoff ran out
+    assert precision.due_blobs(HASHES, book, 1000, due) == [HASHES[3], HASHES[1], HASHES[0]]
+    assert not precision.in_rotation(book[HASHES[1]], 1000, due)
+    assert precision.in_rotation(book[HASHES[1]], 1000, BLOB)  # slot (the default) waits for the slot
+    # with no share for due work the blob still goes first, in the slot of a blob out of the rotation
+    plan = _plan(book, 3, 1, 1000, 1, due)
+    assert [(c.content_hash, c.kind) for c in plan.checks] == [(HASHES[3], "priority")]
+    plan = _plan(book, 4, 1, 1000, 1, due)
+    assert [(c.content_hash, c.kind) for c in plan.checks] == [(HASHES[3], "priority")]
+    slot = _plan(book, 1, 1, 1000, 1, dataclasses.replace(BLOB, priority_share_percent=0))
+    assert [(c.content_hash, c.kind) for c in slot.checks] == [(HASHES[1], "rotation")]
+    assert [(c.content_hash, c.kind) for c in _plan(book, 1, 1, 1000, 1, due).checks] == [
+        (HASHES[3], "priority")
+    ]
+
+
 def test_a_containment_re_ask_asks_the_same_sample() -> None:
     book = {HASHES[2]: BlobRecord(contained=1, contained_since_ms=800, next_due_ms=800)}
     plan = _plan(book, 0, 2, 1000, 1, BLOB)
@@ -122,6 +146,32 @@ def test_blob_backoff_follows_upstreams_schedule_per_blob() -> None:
     r2 = _fold(r1, T, 12_000, policy)
     assert r2.next_due_ms == 15_000  # min(1000 * 2^1 * 2, 3000)
     assert _fold(r2, None, 15_000, policy).next_due_ms is None  # a pass: back in the rotation
+
+
+def test_group_backoff_one_blob_watches_a_reason_the_others_wait_for_its_pass() -> None:
+    policy = dataclasses.replace(
+        BLOB, backoff_base_ms=1000, backoff_max_ms=4000, group_backoff_ms=20_000, release_on_pass=True
+    )
+    watcher = _fold(BlobRecord(), T, 10_000, policy)
+    assert watcher.next_due_ms == 11_000  # alone with its reason: upstream's schedule
+    book = {HASHES[0]: watcher}
+    assert precision.group_due(book, HASHES[1], T) == 11_000
+    assert precision.group_due(book, HASHES[0], T) is None  # itself does not count
+    assert precision.group_due(book, HASHES[1], IO) is None  # another reason
+    assert precision.group_due(book, HASHES[1], MISS) is None  # loss is never grouped
+    # HASHES[1] times out at 10_200: HASHES[0] is due before 10_200 + 1000, so HASHES[1] waits 20 s
+    report = _report(10_200, [HASHES[1]], {HASHES[1]: T})
+    waiting = blobs.apply_report(book, report, policy)[HASHES[1]]
+    assert waiting.next_due_ms == 30_200
+    book[HASHES[1]] = waiting
+    # HASHES[0] fails again at 11_000: the other is due only at 30_200, later than 11_000 + 2000
+    book.update(blobs.apply_report(book, _report(11_000, [HASHES[0]], {HASHES[0]: T}), policy))
+    assert book[HASHES[0]].next_due_ms == 13_000
+    # its pass at 13_000 releases HASHES[1] at once
+    changes = blobs.apply_report(book, _report(13_000, [HASHES[0]], {}), policy)
+    assert changes[HASHES[1]].next_due_ms == 13_000 and changes[HASHES[0]].next_due_ms is None
+    off = dataclasses.replace(policy, group_backoff_ms=0)
+    assert blobs.apply_report({HASHES[0]: watcher}, report, off)[HASHES[1]].next_due_ms == 11_200
 
 
 def test_containment_re_asks_n_times_before_the_backoff_starts() -> None:
@@ -234,25 +284,37 @@ def _precise(**overrides: object) -> AdaptivePolicy:
     budget=st.integers(1, 4),
     share=st.integers(0, 99),
     order=st.sampled_from(["rotate", "shuffle", "jitter"]),
+    recheck=st.sampled_from(["slot", "due"]),
+    group=st.sampled_from([0, 0, 3000, 20_000]),
     faults=st.lists(
         st.sampled_from([None, None, T, IO, MISS, FailureReason.HASH_MISMATCH]), min_size=1, max_size=50
     ),
 )
 def test_no_blob_goes_unchecked_longer_than_the_stated_bound(
-    n: int, budget: int, share: int, order: str, faults: list[FailureReason | None]
+    n: int,
+    budget: int,
+    share: int,
+    order: str,
+    recheck: str,
+    group: int,
+    faults: list[FailureReason | None],
 ) -> None:
     """Every blob is checked within D / tick + 4 * P + 1 rounds of its last check, whatever the
-    failures: D = max(backoff_max_ms, loss_recheck_ms), P = ceil(100 * n / (b * (100 - share)))
-    the rounds one pass of the rotation can take (b = min(budget, n) slots, share % lent to due
-    work), two passes for a blob to come round again in a new order, and at most two more for a
-    due blob (due work is served oldest first, and every pass lends each out-of-rotation blob's
-    own slot to it)."""
+    failures: D = max(backoff_max_ms, loss_recheck_ms, group_backoff_ms), P = ceil(100 * n /
+    (b * (100 - share))) the rounds one pass of the rotation can take (b = min(budget, n) slots,
+    share % lent to due work), two passes for a blob to come round again in a new order, and at
+    most two more for a due blob (due work is served oldest first, and every pass lends each
+    out-of-rotation blob's own slot to it). The same with `environment_recheck=due` (a run-out
+    environment backoff is one more due blob) and with a group backoff (one more delay in D)."""
     tick = 200
-    policy = _precise(priority_share_percent=share, order=order)
+    policy = _precise(
+        priority_share_percent=share, order=order, environment_recheck=recheck, group_backoff_ms=group
+    )
     hashes = tuple(f"{i:064x}" for i in range(n))
     b = min(budget, n)
     rounds_per_pass = -(-100 * n // (b * (100 - share)))
-    bound = max(policy.backoff_max_ms, policy.loss_recheck_ms) // tick + 4 * rounds_per_pass + 1
+    longest = max(policy.backoff_max_ms, policy.loss_recheck_ms, policy.group_backoff_ms)
+    bound = longest // tick + 4 * rounds_per_pass + 1
     book: dict[str, BlobRecord] = {}
     state = CursorState()
     last = {h: 0 for h in hashes}

@@ -79,6 +79,11 @@ def apply_report(
                 now,
                 policy,
                 blamed_on_environment=blamed is not None and reason == blamed,
+                group_due_ms=(
+                    precision.group_due({**book, **changed}, content_hash, reason)
+                    if policy.group_backoff_ms > 0 and reason is not None
+                    else None
+                ),
             )
             if reason is None and record.failing and policy.release_on_pass:
                 changed.update(precision.released({**book, **changed}, content_hash, record.last_reason, now))

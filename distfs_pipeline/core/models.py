@@ -231,6 +231,10 @@ class AdaptivePolicy(_Record):
     priority_share_percent: int = 50  # blob scope: most of a round's slots due blobs may take (< 100)
     order: str = "rotate"  # rotate: upstream's cursor; shuffle: a seeded new permutation every pass
     order_seed: str = ""  # mixed with world and node ids into the shuffle's seed
+    environment_recheck: str = "slot"  # blob scope: slot: a run-out environment backoff waits for
+    # the blob's rotation slot; due: it is re-checked then, as due work (its slot stays idle)
+    group_backoff_ms: int = 0  # blob scope: an environment failure backs off this long when another
+    # blob failing for the same reason is due sooner (its pass releases this one); 0: off
 
     def multiplier_for(self, reason: FailureReason) -> int:
         return int(getattr(self, f"backoff_multiplier_{reason.value.lower()}"))

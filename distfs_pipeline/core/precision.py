@@ -20,6 +20,13 @@ and each of their ideas is one policy key here, off by default:
   failure condemns it (and starts `loss_recheck_ms`).
 - `release_on_pass`: when a blob backed off for an environment reason passes, every blob backed off
   for the same reason is due again: the disk is back, so its repair is noticed at once.
+- `environment_recheck=due`: a blob whose environment backoff ran out is due work (re-checked
+  then, not at its next rotation slot), so a repaired disk is seen within the backoff; its own
+  rotation slots stay idle while it fails.
+- `group_backoff_ms` (with `release_on_pass`): blobs failing for the same environment reason
+  share one watcher: a failing blob whose reason another blob will re-check before its own
+  backoff ends backs off this much longer instead; the watcher's pass releases the group. Ten
+  slow blobs then cost about one re-check per backoff, not ten.
 - the systemic guard (Storj's suspected network problem): in a round of at least
   `systemic_min_checks` checks of which more than `systemic_percent` % fail the same environmental
   way, those failures are blamed on the environment, not on the blobs: no blob is contained or
@@ -35,7 +42,8 @@ round's slots (with one slot: every other round), plus any slot whose rotation b
 the rotation, so the cursor always advances and the rotation cannot starve.
 
 Bound (blob scope, property-tested in `tests/test_precision.py`): with n candidates, b slots per
-round, `priority_share_percent` s and the longest delay D = max(backoff_max_ms, loss_recheck_ms),
+round, `priority_share_percent` s and the longest delay
+D = max(backoff_max_ms, loss_recheck_ms, group_backoff_ms),
 every blob is checked within `D / tick + 4 * P + 1` rounds of its previous check, where
 P = ceil(100 * n / (b * (100 - s))) bounds the rounds one pass of the rotation takes: two passes for
 a blob in the rotation (a new order may put it first, then last), and at most two more for a due
@@ -140,19 +148,26 @@ def slot_blob(hashes: Sequence[str], cursor: int, policy: AdaptivePolicy, seed: 
     return _permutation(tuple(hashes), seed, position // n, policy.order == "jitter")[position % n]
 
 
-def _waits_for_slot(record: BlobRecord) -> bool:
-    """An environment backoff only ever removes checks: once it ran out, the blob is back at its
-    rotation slot, never ahead of it (or a short backoff would check a slow disk more than once a
-    pass). Proof of loss, containment re-asks and released blobs are due work, served first."""
+def _waits_for_slot(record: BlobRecord, policy: AdaptivePolicy | None = None) -> bool:
+    """With `environment_recheck=slot` an environment backoff only ever removes checks: once it ran
+    out, the blob is back at its rotation slot, never ahead of it (or a short backoff would check a
+    slow disk more than once a pass). With `due` it is due work like the rest, so a repair of a
+    blob that failed for the environment is noticed when its backoff ends, not a pass later (its
+    own rotation slots stay idle meanwhile, so a backoff longer than a pass still saves checks).
+    Proof of loss, containment re-asks and released blobs are always due work, served first."""
+    if policy is not None and policy.environment_recheck == "due":
+        return False
     return _urgency(record) == 2
 
 
-def in_rotation(record: BlobRecord | None, now_ms: int | None = None) -> bool:
+def in_rotation(
+    record: BlobRecord | None, now_ms: int | None = None, policy: AdaptivePolicy | None = None
+) -> bool:
     """Whether the blob is checked at its rotation slot: no due time, or (given `now_ms`) an
-    environment backoff that has run out."""
+    environment backoff that has run out and waits for its slot (see `_waits_for_slot`)."""
     if record is None or record.next_due_ms is None:
         return True
-    return now_ms is not None and record.next_due_ms <= now_ms and _waits_for_slot(record)
+    return now_ms is not None and record.next_due_ms <= now_ms and _waits_for_slot(record, policy)
 
 
 @dataclass(frozen=True)
@@ -186,7 +201,12 @@ def _urgency(record: BlobRecord) -> int:
     return 1 if record.contained else 2
 
 
-def due_blobs(hashes: Sequence[str], book: Mapping[str, BlobRecord], now_ms: int) -> list[str]:
+def due_blobs(
+    hashes: Sequence[str],
+    book: Mapping[str, BlobRecord],
+    now_ms: int,
+    policy: AdaptivePolicy | None = None,
+) -> list[str]:
     """Candidates out of the rotation whose due time has come, oldest first (then most urgent).
 
     O(book) per round: fine for the stores this tool audits (a sorted due index would make it
@@ -195,7 +215,9 @@ def due_blobs(hashes: Sequence[str], book: Mapping[str, BlobRecord], now_ms: int
     due = [
         (record.next_due_ms, _urgency(record), h)
         for h, record in book.items()
-        if record.next_due_ms is not None and record.next_due_ms <= now_ms and not _waits_for_slot(record)
+        if record.next_due_ms is not None
+        and record.next_due_ms <= now_ms
+        and not _waits_for_slot(record, policy)
     ]
     if not due:
         return []
@@ -228,7 +250,7 @@ def plan_round(
     budget = min(budget, n)
     if budget <= 0:
         return RoundPlan((), 0)
-    queue = due_blobs(hashes, book, now_ms) if per_blob(policy) else []
+    queue = due_blobs(hashes, book, now_ms, policy) if per_blob(policy) else []
     checks: list[PlannedCheck] = []
 
     def take_priority() -> None:
@@ -246,7 +268,7 @@ def plan_round(
         slots -= 1
         if any(c.content_hash == h for c in checks):
             continue  # a new pass's order can put a blob just checked next: once a round is enough
-        if in_rotation(book.get(h), now_ms):
+        if in_rotation(book.get(h), now_ms, policy):
             checks.append(PlannedCheck(h, ROTATION, now_ms))
         elif queue:
             take_priority()  # the slot's own blob waits for its due time: lend the slot
@@ -282,12 +304,16 @@ def reschedule(
     policy: AdaptivePolicy,
     *,
     blamed_on_environment: bool = False,
+    group_due_ms: int | None = None,
 ) -> BlobRecord:
     """`after` (the record with this check folded in) with its scheduling fields set.
 
     Pass: back in the rotation. Loss: confirmation, then `loss_recheck_ms` (or the backoff when
     `backoff_on_loss`). Environment: containment, then the blob's own backoff. A failure the
-    systemic guard blames on the environment leaves the blob in the rotation.
+    systemic guard blames on the environment leaves the blob in the rotation. `group_due_ms` is
+    the earliest due time of the other blobs failing for the same reason (see `group_due`): when it
+    comes before this blob's own backoff ends, someone else watches the reason, so this blob backs
+    off `group_backoff_ms` (if longer); with `release_on_pass` that one's pass releases it.
     """
     clear = {"contained": 0, "contained_since_ms": None}
     if reason is None or blamed_on_environment:
@@ -307,7 +333,24 @@ def reschedule(
         )
     streak = max(after.consecutive_failures - policy.containment_attempts, 1)
     backoff = _backoff_ms(policy, streak, reason)
+    if policy.group_backoff_ms > 0 and group_due_ms is not None and group_due_ms <= now_ms + backoff:
+        backoff = max(backoff, policy.group_backoff_ms)
     return dataclasses.replace(after, **clear, next_due_ms=now_ms + backoff if backoff > 0 else None)
+
+
+def group_due(book: Mapping[str, BlobRecord], content_hash: str, reason: FailureReason) -> int | None:
+    """The earliest due time of the blobs other than `content_hash` failing for environment `reason`
+    (None: no other, or not an environment reason). O(book), like `due_blobs`."""
+    if reason not in ENVIRONMENT:
+        return None
+    return min(
+        (
+            r.next_due_ms
+            for h, r in book.items()
+            if h != content_hash and r.failing and r.last_reason == reason and r.next_due_ms is not None
+        ),
+        default=None,
+    )
 
 
 def released(

@@ -126,6 +126,16 @@ class PolicySettings(_Settings):
         description="rotate: upstream's cursor; shuffle: a seeded, reproducible new permutation every pass.",
     )
     order_seed: str = Field("", description="Mixed with the world and node ids into the shuffle's seed.")
+    environment_recheck: Literal["slot", "due"] = Field(
+        "slot",
+        description="Blob scope: when an environment backoff ran out, wait for the blob's rotation slot "
+        "(slot) or re-check it then as due work (due; its rotation slots stay idle while it fails).",
+    )
+    group_backoff_ms: int = _i64(
+        0,
+        "Blob scope: an environment failure backs off this long when another blob failing for the same "
+        "reason is due sooner, whose pass releases it (with release_on_pass; 0: off).",
+    )
 
     @field_validator("backoff_max_ms")
     @classmethod
