@@ -345,3 +345,12 @@ def test_a_scenario_copy_of_a_store_that_cannot_be_listed_names_the_key(tmp_path
         study.run_study(settings(broken, [{"kind": "delete"}]), tmp_path / "job")
     with pytest.raises(UsageError, match=r"^runtime\.storage_root: .*missing is not a directory"):
         study.run_study(settings(tmp_path / "missing", [{"kind": "delete"}]), tmp_path / "job2")
+
+
+def test_a_study_job_uses_group_commit(tmp_path: Path) -> None:
+    """Issue 11: a scratch store and a job-dir state need no per-round fsync."""
+    store = make_store(tmp_path / "src")
+    prepared = study.prepare_store(settings(store.root, []), tmp_path / "job")
+    resolved = study.study_settings(settings(store.root, []), tmp_path / "job", prepared)
+    assert resolved.runtime.durability == "interval"
+    assert Path(resolved.runtime.state_path).parent == tmp_path / "job"

@@ -273,12 +273,19 @@ def _candidates(root: Path) -> Sequence[str]:
 
 
 def study_settings(settings: Settings, run_dir: Path, store: PreparedStore) -> Settings:
-    """The run's settings: the prepared store, and a fresh state file and chunk cache in the job dir.
+    """The run's settings: the prepared store, a fresh state file and chunk cache in the job dir, and
+    group commit (`runtime.durability=interval`) since nothing of a study must survive a power loss.
 
     A study never resumes, or writes to, the user's own state file or chunk cache.
     """
     runtime = settings.runtime.model_copy(
-        update={"storage_root": str(store.root), "state_path": str(run_dir / DEFAULT_STATE_FILE)}
+        update={
+            "storage_root": str(store.root),
+            "state_path": str(run_dir / DEFAULT_STATE_FILE),
+            # A scratch store and a state in the job dir need no power-loss durability (issue 11):
+            # group commit; a killed job still loses nothing it wrote.
+            "durability": "interval",
+        }
     )
     probe = settings.probe.model_copy(update={"chunk_cache_dir": str(run_dir / CHUNK_CACHE)})
     return settings.model_copy(update={"runtime": runtime, "probe": probe})
