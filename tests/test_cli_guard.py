@@ -459,6 +459,7 @@ def test_the_readme_command_for_an_existing_ray_cluster_works(
             "--head",
             "--block",
             f"--port={port}",
+            "--node-ip-address=127.0.0.1",  # the cluster stays on loopback
             "--num-cpus=2",
             "--include-dashboard=false",
             "--disable-usage-stats",
