@@ -406,3 +406,16 @@ def test_the_index_read_error_names_the_file(tmp_path: Path) -> None:
     (tmp_path / INDEX_FILE).symlink_to(target)
     with pytest.raises(Io, match=f"read index {tmp_path / INDEX_FILE}"):
         LocalCasStore(tmp_path).candidates()
+
+
+def test_a_put_never_appends_through_a_planted_index_link(tmp_path: Path) -> None:
+    """Root safety: a symlink planted at `must_hold.idx` is refused by `put`, its target untouched."""
+    store = LocalCasStore(tmp_path / "store")
+    store.put_bytes(b"first blob")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    store.index_path.unlink()
+    store.index_path.symlink_to(victim)
+    with pytest.raises(Io, match="index"):
+        store.put_bytes(b"second blob")
+    assert victim.read_bytes() == b"precious\n" and store.index_path.is_symlink()

@@ -641,7 +641,7 @@ def _append_line(path: Path, line: str) -> tuple[int, int]:
     Returns the file size before and after (as seen by this writer).
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = safefile.open_append(path, readable=True)  # a planted link or FIFO is refused, not followed
     except OSError as exc:
         raise io_error("open index", path, exc) from exc
     try:

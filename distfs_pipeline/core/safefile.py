@@ -90,9 +90,13 @@ def _open_checked(path: Path | str, flags: int, mode: int, *, single_link: bool)
     return fd
 
 
-def open_append(path: Path | str, mode: int = 0o644) -> int:
-    """An fd for appending to our own log, created if missing; never a link, FIFO or shared file."""
-    return _open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode, single_link=True)
+def open_append(path: Path | str, mode: int = 0o644, *, readable: bool = False) -> int:
+    """An fd for appending to our own log, created if missing; never a link, FIFO or shared file.
+
+    `readable`: also open it for reading (`pread`), e.g. to look at the last byte before appending.
+    """
+    access = os.O_RDWR if readable else os.O_WRONLY
+    return _open_checked(path, access | os.O_APPEND | os.O_CREAT, mode, single_link=True)
 
 
 def open_update(path: Path | str, mode: int = 0o644) -> int:

@@ -29,6 +29,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as ModelError
 
+from distfs_pipeline.core import safefile
 from distfs_pipeline.ops.args import OneLineArgumentParser
 from distfs_pipeline.pipeline.resources import schema_dir
 from distfs_pipeline.pipeline.validation import (
@@ -130,7 +131,7 @@ def generate(out_dir: Path = SCHEMA_DIR) -> list[Path]:
     written = []
     for name, schema in build_schemas().items():
         path = out_dir / schema_filename(name)
-        path.write_text(render(schema), encoding="utf-8")
+        safefile.write_atomic(path, render(schema).encode("utf-8"), durable=False)
         written.append(path)
     return written
 
