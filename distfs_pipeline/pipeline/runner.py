@@ -47,7 +47,6 @@ from distfs_pipeline.persist.identity import Identity, ensure_identity
 from distfs_pipeline.persist.state import (
     ROUND_LOG_NAME,
     Book,
-    LogOptions,
     Recovered,
     RoundJournal,
     StateLock,
@@ -481,17 +480,6 @@ def _run_dir_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def log_options(settings: Settings) -> LogOptions:
-    rt = settings.runtime
-    return LogOptions(
-        durability=rt.durability,
-        durability_interval_ms=rt.durability_interval_ms,
-        log_max_bytes=rt.log_max_bytes,
-        log_keep=rt.log_keep,
-        log_compress=rt.log_compress,
-    )
-
-
 def _start(
     settings: Settings,
     run_dir: Path,
@@ -509,7 +497,7 @@ def _start(
     observer = _metrics(settings, store)
     if observer is not None:
         observer.start(recovered.state, recovered.book)  # every series at its value before round 1
-    journal = RoundJournal(state_path, run_dir / ROUNDS_LOG, identity, log_options(settings))
+    journal = RoundJournal(state_path, run_dir / ROUNDS_LOG, identity, settings.log_options())
     try:
         epochs = EpochLog(run_dir / EPOCHS_LOG, identity)  # refuses another state's epochs.jsonl first
         # The previous dir's epochs.jsonl is complete by now: carry only the open epoch's sums.

@@ -32,6 +32,7 @@ from distfs_pipeline.core.models import (
     ProbeConfig,
     VerifyOptions,
 )
+from distfs_pipeline.persist.state import LogOptions
 
 # Cross-field rules raise PydanticCustomError with one of these types; `{sibling}` is rendered as
 # the sibling's dotted key, so the message names both keys wherever the model is nested.
@@ -409,8 +410,20 @@ class Settings(_Settings):
             allowed_clock_skew_ms=p.allowed_clock_skew_ms,
         )
 
+    def log_options(self) -> LogOptions:
+        """How the round journal syncs and rotates (`runtime.durability`, `runtime.log_*`)."""
+        rt = self.runtime
+        return LogOptions(
+            durability=rt.durability,
+            durability_interval_ms=rt.durability_interval_ms,
+            log_max_bytes=rt.log_max_bytes,
+            log_keep=rt.log_keep,
+            log_compress=rt.log_compress,
+        )
+
     def verify_options(self) -> VerifyOptions:
-        """How checks verify sampled bytes (`cache_dir` None: the runner puts it beside the state file)."""
+        """How checks verify sampled bytes (`cache_dir` None: the runner resolves the per-store
+        cache dir under $XDG_CACHE_HOME)."""
         p = self.probe
         return VerifyOptions(
             mode=p.verify_mode,
