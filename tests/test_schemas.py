@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,17 @@ def test_command_line_mistakes_are_one_line(
     assert (
         len(err.splitlines()) == 1 and message in err and err.startswith("python -m distfs_pipeline.schemas")
     )
+
+
+def test_validate_never_blocks_on_a_fifo(tmp_path: Path) -> None:
+    """Root safety: `schemas validate` on a FIFO is one line, exit 2, at once (no reader waits)."""
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distfs_pipeline.schemas", "validate", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "FIFO" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr

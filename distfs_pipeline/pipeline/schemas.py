@@ -168,10 +168,13 @@ def schema_name_for(path: Path, text: str) -> str | None:
     return None
 
 
+YAML_READ_CAP = 4 * 1024 * 1024  # a config file, not a data set
+
+
 def validate_file(path: Path, schema_name: str | None = None) -> list[str]:
     """Problems of one YAML file, one line each (`FILE:key: rule`); empty when valid."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safefile.read_capped(path, YAML_READ_CAP).decode("utf-8")  # never blocks on a FIFO
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}: cannot read: {exc}"]
     name = schema_name or schema_name_for(path, text)
