@@ -90,3 +90,12 @@ def test_loads_strict_refuses(raw: bytes, needle: str) -> None:
 
 def test_loads_strict_accepts_plain_json() -> None:
     assert safefile.loads_strict(b'{"a": [1, 2, {"b": null}]}') == {"a": [1, 2, {"b": None}]}
+
+
+def test_is_inside_resolves_links(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "sub").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(store / "sub")
+    assert safefile.is_inside(store, store) and safefile.is_inside(tmp_path / "alias" / "x", store)
+    assert not safefile.is_inside(tmp_path / "storex", store)
+    assert not safefile.is_inside(tmp_path, store)

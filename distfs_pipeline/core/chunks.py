@@ -135,8 +135,7 @@ def _validate_options(store: LocalCasStore, verify: VerifyOptions) -> None:
 def refuse_cache_inside_store(cache_dir: Path, store_root: Path) -> None:
     """`UsageError` when `cache_dir` is the store or inside it (after resolving links): the
     audited store is read-only to the auditor."""
-    cache, root = cache_dir.resolve(), store_root.resolve()
-    if cache == root or cache.is_relative_to(root):
+    if safefile.is_inside(cache_dir, store_root):
         raise UsageError(
             f"probe.chunk_cache_dir {cache_dir} is inside the audited store {store_root}: "
             "the store is read-only to the auditor"

@@ -203,6 +203,13 @@ def write_atomic(path: Path | str, data: bytes, *, durable: bool = True, mode: i
         fsync_dir(path.parent)
 
 
+def is_inside(path: Path | str, root: Path | str) -> bool:
+    """Whether `path` is `root` or lies under it once symlinks are resolved: the one test behind
+    "never write inside the audited store" (caches, state, run dirs, metrics textfiles)."""
+    resolved, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return resolved == base or base in resolved.parents
+
+
 def fsync_dir(directory: Path | str) -> None:
     """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
     try:

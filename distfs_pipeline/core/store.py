@@ -518,8 +518,7 @@ def _listing_cache_path(root: Path, cache_dir: str | os.PathLike[str] | None) ->
     if cache_dir is None:
         return None
     directory = Path(cache_dir)
-    resolved, store = directory.resolve(), root.resolve()
-    if resolved == store or resolved.is_relative_to(store):
+    if safefile.is_inside(directory, root):
         _LOG.warning("listing cache dir %s is inside the store %s: not used", directory, root)
         return None
     key = blake3.blake3(os.fsencode(os.path.abspath(root))).hexdigest()[:16]

@@ -28,6 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from distfs_pipeline.core import safefile
 from distfs_pipeline.core.errors import UsageError
 
 OUR_KEYS = frozenset({"policy", "probe", "runtime", "scenario"})
@@ -234,15 +235,11 @@ def check_paths(
         _check_directory_path(cache_key, cache_dir)
     root = Path(os.path.realpath(store_root))
     for key, path in ((run_dir_key, run_dir), (state_key, state_path), (cache_key, cache_dir)):
-        if path is not None and _inside(Path(os.path.realpath(path)), root):
+        if path is not None and safefile.is_inside(path, root):
             raise UsageError(
                 f"{key}: {path} is inside runtime.storage_root ({store_root}); the audited store is "
                 "never written: choose a path outside it"
             )
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 def _check_directory_path(key: str, path: Path, *, is_file: bool = False) -> None:

@@ -539,7 +539,7 @@ def _metrics(settings: Settings, store: LocalCasStore) -> Any:
     textfile = Path(rt.metrics_textfile).absolute() if rt.metrics_textfile is not None else None
     if textfile is not None and rt.storage_root is not None:
         root = Path(rt.storage_root).resolve()
-        if textfile.parent.resolve() == root or textfile.parent.resolve().is_relative_to(root):
+        if safefile.is_inside(textfile.parent, root):
             raise UsageError(f"runtime.metrics_textfile: {textfile} is inside the audited store {root}")
     identity = {
         "world_id": rt.world_id,
