@@ -309,3 +309,15 @@ def test_a_censored_latency_is_printed_as_a_lower_bound() -> None:
     text = format_study(record)
     assert ">= 20000 ms (>= 100.0 rounds)" in text and "1 of 1 fault(s) not noticed" in text
     assert "recovery   - (nothing to measure)" in text
+
+
+def test_plot_refuses_a_link_planted_at_the_png(tmp_path: Path) -> None:
+    """matplotlib's own `savefig(path)` opens the path with O_TRUNC and follows a link: a link planted
+    in a shared sweep dir would let a root run overwrite any file. The PNG goes through safefile."""
+    make_sweep(tmp_path)
+    victim = tmp_path.parent / f"{tmp_path.name}-victim"
+    victim.write_text("not yours")
+    (tmp_path / sweep.SUMMARY_PNG).symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        sweep.write_summary(tmp_path)
+    assert victim.read_text() == "not yours"

@@ -315,13 +315,16 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Write the sweep's figure (see `build_figure`) as a PNG; always writes one.
 
     matplotlib is imported here, with the file-only Agg backend, so loading the callback (every
-    Hydra start) stays cheap.
+    Hydra start) stays cheap. The PNG is rendered in memory and written through `safefile` (a
+    link or FIFO planted at `path` in a shared sweep dir is refused, not followed).
     """
     import matplotlib.pyplot as plt
 
     fig = build_figure(rows)
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()  # matplotlib would open `path` itself: following a planted link, truncating
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    safefile.write_atomic(path, png.getvalue(), durable=False)
     return path
 
 
