@@ -23,6 +23,7 @@ multirun they fail that job only (`JobFailed`).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ from distfs_pipeline.persist.state import describe_os_error
 from distfs_pipeline.pipeline import (
     confguard,
     config,  # noqa: F401  (importing registers the structured-config schema)
+    launching,
     logs,
     preflight,
     resolvers,  # noqa: F401  (importing registers ${distfs_run_id:} for the run dir)
@@ -109,16 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         GlobalHydra.instance().clear()
 
 
-def _validated(hydra_app: Any, config_name: str, args: Any, mode: RunMode) -> tuple[DictConfig, bool]:
-    """The run's one compose, validated; and whether every job of a sweep was checked here."""
+def _validated(
+    hydra_app: Any, config_name: str, args: Any, mode: RunMode, sweep: _SweepStart | None = None
+) -> tuple[DictConfig, bool]:
+    """The run's one compose, validated; and whether every job of a sweep was checked here.
+
+    For a sweep (`sweep` given), the launcher's workers are started as soon as the base config
+    names the launcher, so they start while each job is checked here (see `_SweepStart`)."""
     multirun = mode == RunMode.MULTIRUN
     overrides = preflight._with_mode(args.overrides, multirun)
     cfg = preflight.compose_for_run(hydra_app, config_name, overrides, mode)
     if confguard.has_user_search_path(cfg, args.config_dir):  # what a preset may set, first
         confguard.check_user_presets(hydra_app.config_loader, config_name, overrides, mode)
     every_job_checked = False
-    if multirun:
-        every_job_checked = preflight.check_sweep(cfg, config_name, args.overrides)
+    if sweep is not None:
+        sweep.begin(cfg, hydra_app.config_loader)
+        every_job_checked = preflight.check_sweep(cfg, config_name, args.overrides, sweep.reuse)
     else:
         preflight.prepare_job(cfg)
     logs.set_format(str(OmegaConf.select(cfg, "runtime.log_format", default="text")))
@@ -171,24 +179,25 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
     from hydra.core.plugins import Plugins
     from hydra.core.utils import configure_log
 
+    start = _SweepStart()
     try:
-        cfg, every_job_checked = _validated(hydra_app, config_name, args, RunMode.MULTIRUN)
+        cfg, every_job_checked = _validated(hydra_app, config_name, args, RunMode.MULTIRUN, start)
         check_ray_reachable(cfg)
     except UsageError as err:
+        start.abandon()
         return _usage(err)
+    start.ready()
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
     _ray_cluster_init(cfg)
     with stopping.deferred():  # from here the jobs decide; the driver checks between them
         callbacks = Callbacks(cfg)
         callbacks.on_multirun_start(config=cfg, config_name=config_name)
-        context = HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks)
+        loader = start.reuse or hydra_app.config_loader
+        context = HydraContext(config_loader=loader, callbacks=callbacks)
         sweeper = Plugins.instance().instantiate_sweeper(
             config=cfg, hydra_context=context, task_function=_job
         )
-        if every_job_checked and type(sweeper).__name__ == "BasicSweeper":
-            # every job was composed and validated above: Hydra's batch check would compose each
-            # again, serially in this process, before any job starts (9 composes for a 3x3 sweep)
-            sweeper.validate_batch_is_legal = lambda batch: None  # type: ignore[method-assign]
+        start.adopt(sweeper, every_job_checked)
         task_overrides = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)
         assert isinstance(task_overrides, list)
         try:
@@ -213,6 +222,55 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
         callbacks.on_multirun_end(config=cfg, config_name=config_name)
     stopping.check("during the sweep; the jobs it cut short are marked interrupted")
     return 0
+
+
+class _SweepStart:
+    """What a sweep does before its first job so that the jobs start sooner (see `launching`):
+    the basic and joblib launchers get the configs `check_sweep` composed; joblib's workers are
+    started while the jobs are validated, and stopped again if validation fails."""
+
+    def __init__(self) -> None:
+        self.reuse: launching.ReusingConfigLoader | None = None
+        self._warmup: launching.WorkerWarmup | None = None
+        self._target: str | None = None
+
+    def begin(self, cfg: DictConfig, config_loader: Any) -> None:
+        self._target = launching.launcher_target(cfg)
+        if self._target in launching.REUSING_LAUNCHERS:
+            self.reuse = launching.ReusingConfigLoader(config_loader)
+        if self._target == launching.JOBLIB_LAUNCHER:
+            self._warmup = launching.WorkerWarmup(launching.joblib_options(cfg), warm_worker)
+
+    def ready(self) -> None:
+        if self._warmup is not None:
+            self._warmup.ready()
+
+    def abandon(self) -> None:
+        if self._warmup is not None:
+            self._warmup.abandon()
+
+    def adopt(self, sweeper: Any, every_job_checked: bool) -> None:
+        """Hand the checked configs to the sweeper's launcher (only when every job was checked)."""
+        if not every_job_checked or type(sweeper).__name__ != "BasicSweeper":
+            return
+        # every job was composed and validated above: Hydra's batch check would compose each
+        # again, serially in this process, before any job starts (9 composes for a 3x3 sweep)
+        sweeper.validate_batch_is_legal = lambda batch: None
+        launcher = getattr(sweeper, "launcher", None)
+        if self._target == launching.JOBLIB_LAUNCHER and type(launcher).__name__ == "JoblibLauncher":
+            launcher.launch = functools.partial(launching.launch_precomposed, launcher)
+
+
+def warm_worker() -> int:
+    """Run once in each joblib worker before the sweep: import what a job imports (this module is
+    imported by unpickling the function)."""
+    import hydra_plugins.hydra_joblib_launcher._core  # noqa: F401
+
+    import distfs_pipeline.pipeline.runner
+    import distfs_pipeline.studies.study
+    import distfs_pipeline.studies.sweep  # noqa: F401
+
+    return os.getpid()
 
 
 def _ray_address(cfg: DictConfig) -> str | None:

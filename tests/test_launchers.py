@@ -139,3 +139,99 @@ def test_plain_audit_sweep_gets_a_summary_from_the_run_summaries(tmp_path: Path,
         ("completed", "none", 5, 5),
         ("completed", "none", 5, 5),
     ]
+
+
+# --- each job composed once; joblib's workers started early, stopped on a refused sweep ---------
+
+COUNTING_DRIVER = """
+import atexit, sys
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+calls = []
+real = ConfigLoaderImpl.load_configuration
+def counting(self, *args, **kwargs):
+    calls.append(1)
+    return real(self, *args, **kwargs)
+ConfigLoaderImpl.load_configuration = counting
+atexit.register(lambda: print(f"composes in the driver: {len(calls)}", flush=True))
+from distfs_pipeline.app import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def counted_multirun(cwd: Path, cache_home: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-c", COUNTING_DRIVER, "-m", "runtime.progress=never", *overrides]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_basic_launcher_composes_each_job_once(tmp_path: Path, cache_home: Path) -> None:
+    """The pre-flight composes every job to validate it; the launcher gets those configs instead of
+    composing each again (it did: 1 + 3 + 3 composes for this sweep)."""
+    done = counted_multirun(
+        tmp_path, cache_home, f"hydra.sweep.dir={tmp_path / 'sweep'}", POLICIES, "runtime.rounds=2"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "composes in the driver: 4" in done.stdout  # the sweep's base, then one per job
+    data = json.loads((tmp_path / "sweep" / sweep.SUMMARY_JSON).read_text())
+    assert (data["jobs"], data["completed"]) == (3, 3)
+
+
+def test_joblib_jobs_get_the_driver_configs_and_one_sweep_dir(tmp_path: Path, cache_home: Path) -> None:
+    """Workers run the configs the driver composed and checked (named as the joblib launcher names
+    them), and `${distfs_run_id:}` in the sweep dir is the driver's in every worker (each worker
+    used to resolve its own id and scatter the sweep over one dir per worker)."""
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    sweep_dir = "hydra.sweep.dir=" + str(tmp_path / "sweeps") + "/${distfs_run_id:}"
+    done = counted_multirun(tmp_path, cache_home, *joblib, sweep_dir, POLICIES, "runtime.rounds=2")
+    assert done.returncode == 0, done.stderr
+    assert "composes in the driver: 4" in done.stdout
+    (only,) = (tmp_path / "sweeps").iterdir()
+    data = json.loads((only / sweep.SUMMARY_JSON).read_text())
+    assert (data["jobs"], data["completed"]) == (3, 3)
+    for number in range(3):
+        job = yaml.safe_load((only / str(number) / ".hydra" / "config.yaml").read_text())
+        hydra_cfg = yaml.safe_load((only / str(number) / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert hydra_cfg["job"]["id"] == f"app_{number}" and hydra_cfg["job"]["num"] == number
+        assert job["policy"] is not None
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_joblib_sweep_refused_in_pre_flight_leaves_no_worker_behind(
+    tmp_path: Path, cache_home: Path
+) -> None:
+    """The workers are started while the jobs are validated (before anything is refused): a refused
+    sweep is still one line and exit 2, no sweep dir, and no worker process outlives the command."""
+    marker = f"DISTFS_TEST_MARKER={os.getpid()}-{tmp_path.name}"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home), marker.split("=")[0]: marker.split("=")[1]}
+    command = [
+        sys.executable,
+        "-m",
+        "distfs_pipeline",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
+    command += [
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        POLICIES,
+        f"runtime.state_path={tmp_path / 'one.json'}",
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "would be shared by sweep jobs 0 and 1" in done.stderr
+    assert _processes_with(marker) == []
+    assert not (tmp_path / "sweep").exists()

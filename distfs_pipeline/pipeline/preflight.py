@@ -54,6 +54,7 @@ from distfs_pipeline.pipeline import (
     config,  # noqa: F401  (importing registers the structured-config schema)
     resolvers,  # noqa: F401  (importing registers ${distfs_run_id:}, which hydra.run.dir uses)
 )
+from distfs_pipeline.pipeline.launching import ReusingConfigLoader
 from distfs_pipeline.pipeline.validation import settings_from_cfg
 
 MAX_SWEEP_JOBS = 256
@@ -292,20 +293,29 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 # Multirun: expand the sweep as Hydra's BasicSweeper does, validate each job.
 
 
-def check_sweep(cfg: DictConfig, config_name: str, overrides: list[str]) -> bool:
+def check_sweep(
+    cfg: DictConfig, config_name: str, overrides: list[str], reuse: ReusingConfigLoader | None = None
+) -> bool:
     """A multirun's base config (`cfg`, composed by the caller) and every job it will launch.
 
     Returns whether every job was composed and validated here (no interval sweep, at most
-    `MAX_SWEEP_JOBS` jobs): then Hydra's basic sweeper need not compose each batch again.
+    `MAX_SWEEP_JOBS` jobs): then Hydra's basic sweeper need not compose each batch again. With
+    `reuse` (the basic launcher, which composes every job serially in this process), each job is
+    composed exactly as the launcher will compose it and kept there, so it is composed once.
     """
     confguard.check_hydra_node(cfg)
     _check_output_dir(cfg, "hydra.sweep.dir")
-    _validate_sweep(config_name, overrides)
+    _validate_sweep(config_name, overrides, reuse, cfg)
     return _SweepCoverage.complete
 
 
-def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
-    """Validate every job (up to `MAX_SWEEP_JOBS`); returns the config of the sweep's fixed part.
+def _validate_sweep(
+    config_name: str,
+    overrides: list[str],
+    reuse: ReusingConfigLoader | None = None,
+    master: DictConfig | None = None,
+) -> None:
+    """Validate every job (up to `MAX_SWEEP_JOBS`).
 
     Each job is checked as it will run: its number set (`${hydra:job.num}` resolves), its dir,
     state file and caches outside the store, and no state file shared by two jobs: jobs of a
@@ -314,21 +324,36 @@ def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
     """
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     command_line = _parse_overrides(parser, overrides)
-    fixed = [_as_text(o) for o in command_line if not o.is_sweep_override() and not _is_plain_value(o)]
-    base = _compose(config_name, fixed)  # also reads the sweeper's own `params`
-    cache = {tuple(sorted(fixed)): base}
-    from_config = [f"{k}={v}" for k, v in (OmegaConf.select(base, "hydra.sweeper.params") or {}).items()]
+    params = OmegaConf.select(master, "hydra.sweeper.params") if master is not None else None
+    if params is None and master is None:
+        fixed = [_as_text(o) for o in command_line if not o.is_sweep_override() and not _is_plain_value(o)]
+        params = OmegaConf.select(_compose(config_name, fixed), "hydra.sweeper.params")
+    from_config = [f"{k}={v}" for k, v in (params or {}).items()]
     every = _parse_overrides(parser, from_config) + command_line
     dimensions = _sweep_dimensions(every)
     enumerable = all(o.is_discrete_sweep() for o in every if o.is_sweep_override())
     _SweepCoverage.complete = enumerable and math.prod(len(d) for d in dimensions) <= MAX_SWEEP_JOBS
+    swept_keys = {dim[0].split("=", 1)[0] for dim in dimensions if len(dim) > 1}
+    if reuse is not None and master is not None and _SweepCoverage.complete:
+        task = [str(o) for o in OmegaConf.to_container(master.hydra.overrides.task, resolve=False)]  # type: ignore[union-attr]
+        jobs: Iterator[Sequence[str]] = iter(_launch_order(parser, from_config + task))
+
+        def compose_job(job: Sequence[str]) -> DictConfig:
+            return reuse.compose_job(master, job, describe_compose_error)
+    else:
+        jobs = _capped_jobs(dimensions, MAX_SWEEP_JOBS)
+        cache: dict[tuple[str, ...], DictConfig] = {}
+
+        def compose_job(job: Sequence[str]) -> DictConfig:
+            return _compose_job(config_name, tuple(job), parser, cache)
+
     states: dict[Path, int] = {}
     saved = HydraConfig.instance().cfg
     try:
-        for number, job in enumerate(_capped_jobs(dimensions, MAX_SWEEP_JOBS)):
-            swept = " ".join(choice for choice, dim in zip(job, dimensions, strict=True) if len(dim) > 1)
+        for number, job in enumerate(jobs):
+            swept = " ".join(choice for choice in job if choice.split("=", 1)[0] in swept_keys)
             try:
-                job_cfg = _compose_job(config_name, job, parser, cache)
+                job_cfg = compose_job(job)
                 with read_write(job_cfg.hydra), open_dict(job_cfg.hydra):
                     job_cfg.hydra.job.num = number
                     job_cfg.hydra.job.id = str(number)
@@ -346,7 +371,16 @@ def _validate_sweep(config_name: str, overrides: list[str]) -> DictConfig:
             states[state] = number
     finally:
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
-    return base
+
+
+def _launch_order(parser: OverridesParser, arguments: list[str]) -> list[list[str]]:
+    """The jobs' override lists exactly as Hydra's basic sweeper hands them to the launcher."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        return BasicSweeper.split_arguments(_parse_overrides(parser, arguments), None)[0]
+    except Exception as exc:
+        raise UsageError(describe_compose_error(exc)) from None
 
 
 class _SweepCoverage:

@@ -4,6 +4,12 @@ Why: Hydra's default run dir has one-second resolution, so two runs started in t
 shared one dir and appended to each other's logs. `${distfs_run_id:}` is unique per process (pid
 plus random bits) and the same for every use within it, so `conf/config.yaml` can make each run's
 default dir its own.
+
+Registered with `use_cache=True`, as Hydra registers `${now:}`: the value is then kept in the
+config that resolved it, and Hydra copies that cache from a sweep's master config into each job's
+config (`load_sweep_config`), so a joblib or Ray worker, a process of its own, resolves the sweep's
+`hydra.sweep.dir` to the driver's id, not to its own (which scattered a sweep over one dir per
+worker).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ def run_id() -> str:
 def register() -> None:
     """Register the resolvers (idempotent)."""
     if not OmegaConf.has_resolver(RUN_ID_RESOLVER):
-        OmegaConf.register_new_resolver(RUN_ID_RESOLVER, run_id)
+        OmegaConf.register_new_resolver(RUN_ID_RESOLVER, run_id, use_cache=True)
 
 
 register()

@@ -1,0 +1,193 @@
+"""How a sweep's jobs reach its launcher: each job composed once, parallel workers started early.
+
+Why: a policy study's job is short (300 rounds is about a tenth of a second), so what Hydra does
+around a job dominates a sweep. Measured here (`benchmarks/bench_sweep.py`), Hydra composes every
+job twice (our pre-flight validates each job by composing it; then the launcher composes it
+again, about 80 ms a job), and the joblib launcher's workers are fresh processes that import the
+app (about half a second) only once the driver has finished validating. So:
+
+- `check_sweep` composes each job exactly as the launcher will, through `ReusingConfigLoader`
+  (`load_sweep_config` with the same master config and the same overrides), and the launcher is
+  handed those configs: the basic launcher through the loader; the joblib launcher through
+  `launch_precomposed`, which is the joblib launcher's own `launch` with one change: each task
+  carries its job's config (about 23 KB pickled) instead of composing it again in the worker.
+- `WorkerWarmup` starts the joblib launcher's workers, in a thread, as soon as the base config
+  names the launcher, so they import while the driver validates the jobs; joblib's `Parallel`
+  reuses a running executor with the same settings, so the jobs land on these workers.
+
+Nothing here changes what a job runs: the configs are Hydra's own composes, validated before any
+job starts, each handed out once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from distfs_pipeline.core.errors import UsageError
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+REUSING_LAUNCHERS = (BASIC_LAUNCHER, JOBLIB_LAUNCHER)
+
+
+class ReusingConfigLoader:
+    """Hydra's config loader, except that a job's config composed by `check_sweep` is handed out
+    instead of being composed a second time.
+
+    Each kept config is given out once (then dropped, so memory does not grow with the sweep); a
+    call the check did not make (another sweeper, a job past the check's cap) composes as Hydra
+    does. Everything else is delegated to Hydra's loader. Never pickled into a worker: the
+    workers get Hydra's loader (`launch_precomposed`).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def compose_job(
+        self, master: DictConfig, overrides: Sequence[str], describe: Callable[[Exception], str]
+    ) -> DictConfig:
+        """The job's config for validation (the caller may change it); a pristine copy is kept."""
+        try:
+            cfg = self.inner.load_sweep_config(master, list(overrides))
+        except Exception as exc:
+            raise UsageError(describe(exc)) from None
+        self._composed[tuple(overrides)] = copy.deepcopy(cfg)
+        return cfg
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: Sequence[str]) -> DictConfig:
+        kept = self._composed.pop(tuple(sweep_overrides), None)
+        if kept is not None:
+            return kept
+        return self.inner.load_sweep_config(master_config, list(sweep_overrides))
+
+
+def launcher_target(cfg: DictConfig) -> str | None:
+    target = OmegaConf.select(cfg, "hydra.launcher._target_")
+    return None if target is None else str(target)
+
+
+# --- joblib ----------------------------------------------------------------------------------
+
+
+def joblib_options(cfg: DictConfig) -> dict[str, Any]:
+    """`Parallel`'s arguments exactly as the joblib launcher builds them from its node."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+
+    options = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert isinstance(options, dict)
+    options = {str(k): v for k, v in options.items() if k != "_target_"}
+    options["backend"] = "loky"  # as the launcher: its threading backend is incompatible with Hydra
+    process_joblib_cfg(options)
+    return options
+
+
+class WorkerWarmup:
+    """The joblib launcher's workers, started in a thread while the driver validates the sweep.
+
+    `warm` runs once in each worker (a module-level function, pickled by reference, so unpickling
+    it imports its module there). A failure only loses the head start: the launcher starts its
+    workers itself and reports what is wrong.
+    """
+
+    def __init__(self, options: dict[str, Any], warm: Callable[[], Any]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(options, warm), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _run(options: dict[str, Any], warm: Callable[[], Any]) -> None:
+        try:
+            from joblib import Parallel, delayed
+
+            n_jobs = int(options.get("n_jobs") or 1)
+            workers = (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+            Parallel(**options)(delayed(warm)() for _ in range(max(1, workers)))
+        except Exception:
+            return
+
+    def ready(self) -> None:
+        """Wait for the warm-up (it shares the executor the launcher is about to use)."""
+        self._thread.join()
+
+    def abandon(self) -> None:
+        """Validation failed and no job will run: stop the workers before the error is reported."""
+        self._thread.join()
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
+def launch_precomposed(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> Sequence[JobReturn]:
+    """The joblib launcher's `launch` (`hydra_joblib_launcher._core.launch`), except that each
+    job's config is taken from the launcher's `ReusingConfigLoader` here and sent with the task,
+    so the workers do not compose it again."""
+    from hydra.core.utils import configure_log, filter_overrides
+    from hydra_plugins.hydra_joblib_launcher._core import log, process_joblib_cfg
+    from joblib import Parallel, delayed
+
+    setup_globals()
+    context = launcher.hydra_context
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    options = dict(launcher.joblib)
+    options["backend"] = "loky"
+    process_joblib_cfg(options)
+    log.info(
+        "Joblib.Parallel({}) is launching {} jobs".format(
+            ",".join(f"{k}={v}" for k, v in options.items()), len(job_overrides)
+        )
+    )
+    log.info(f"Launching jobs, sweep output dir : {launcher.config.hydra.sweep.dir}")
+    configs = []
+    for idx, overrides in enumerate(job_overrides):
+        log.info("\t#{} : {}".format(idx, " ".join(filter_overrides(overrides))))
+        configs.append(context.config_loader.load_sweep_config(launcher.config, list(overrides)))
+    worker_context = HydraContext(config_loader=context.config_loader.inner, callbacks=context.callbacks)
+    singleton_state = Singleton.get_state()
+    runs = Parallel(**options)(
+        delayed(execute_precomposed)(
+            initial_job_idx + idx, job_cfg, worker_context, launcher.task_function, singleton_state
+        )
+        for idx, job_cfg in enumerate(configs)
+    )
+    assert isinstance(runs, list)
+    return runs
+
+
+def execute_precomposed(
+    idx: int,
+    sweep_config: DictConfig,
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    singleton_state: dict[Any, Any],
+) -> JobReturn:
+    """In the worker: the joblib launcher's `execute_job` with the job's config already composed."""
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    return run_job(
+        hydra_context=hydra_context,
+        config=sweep_config,
+        task_function=task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
