@@ -200,10 +200,14 @@ def blob_size(store: LocalCasStore, content_hash: str) -> int | None:
 
 
 def with_sizes(store: LocalCasStore, changes: dict[str, blobs.BlobRecord]) -> dict[str, blobs.BlobRecord]:
-    """Record the size of each blob that passed this round (O(checks), never O(store))."""
+    """Record the size of each blob that passed this round (O(checks), never O(store)).
+
+    Read (one header) only while the book does not know it: a blob is named by its content hash, so
+    the size of the content that passed is the size its first verified pass recorded.
+    """
     out = {}
     for content_hash, record in changes.items():
-        if record.last_result == blobs.PASS:
+        if record.last_result == blobs.PASS and record.size_bytes is None:
             size = blob_size(store, content_hash)
             if size != record.size_bytes:
                 record = dataclasses.replace(record, size_bytes=size)
