@@ -53,8 +53,28 @@ def test_an_async_fdatasync_completes_one_at_a_time_and_says_so(tmp_path: Path, 
             syncer.wait()
     finally:
         syncer.close()
+        syncer.close()  # once: a second close does nothing (an idle context is never pooled twice)
         os.close(fd)
+    with pytest.raises(RuntimeError, match="after close"):
+        syncer.start(fd)
     assert (tmp_path / "log").read_bytes() == b"".join(b"line %d\n" % n for n in range(5))
+
+
+def test_an_idle_kernel_context_is_kept_for_the_next_journal_not_destroyed() -> None:
+    """`io_destroy` waits for an RCU grace period (tens of ms, more than a short run's rounds)."""
+    from distfs_pipeline.persist import aiosync
+
+    first = AsyncDatasync()
+    if first.backend != "kernel-aio":
+        first.close()
+        pytest.skip("no Linux AIO here")
+    impl = first._impl
+    first.close()
+    second, third = AsyncDatasync(), AsyncDatasync()
+    assert second._impl is impl and third._impl is not impl  # reused once, never shared
+    second.close()
+    third.close()
+    assert aiosync._IDLE.count(impl) == 1
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel-aio", "thread"])
