@@ -236,3 +236,42 @@ def test_a_passing_blob_is_sized_once_then_its_size_comes_from_the_book(tmp_path
     assert again.size_bytes == first.size_bytes
     failed = blobs.BlobRecord(checks=1, last_result=blobs.FAIL)
     assert with_sizes(store, {content_hash: failed})[content_hash].size_bytes is None
+
+
+# --- an epoch's report is never durable before its rounds -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", DURABILITY_MODES)
+def test_an_epoch_report_is_written_only_after_the_rounds_it_covers_are_synced(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss must not keep `epochs.jsonl`'s report of an epoch whose last round the round log
+    loses (it would run again and close the epoch a second time). Observed on the real journal:
+    when each report is appended, nothing of the round log is unsynced or in flight."""
+    from distfs_pipeline.pipeline import runner
+    from tests.test_runner import make_settings, small_store
+
+    seen: list[tuple[bool, bool]] = []
+    journals: list[RoundJournal] = []
+    real_open, real_append = RoundJournal.open, runner.EpochLog.append
+
+    def open_spy(self: RoundJournal, *args: Any, **kwargs: Any) -> None:
+        journals.append(self)
+        real_open(self, *args, **kwargs)
+
+    def append_spy(self: runner.EpochLog, report: dict[str, Any]) -> None:
+        journal = journals[-1]
+        seen.append((journal._unsynced, journal._async is not None and journal._async.in_flight))
+        real_append(self, report)
+
+    monkeypatch.setattr(RoundJournal, "open", open_spy)
+    monkeypatch.setattr(runner.EpochLog, "append", append_spy)
+    settings = make_settings(
+        storage_root=str(small_store(tmp_path / "store")),
+        rounds=6,
+        epoch_rounds=2,
+        durability=mode,
+        durability_interval_ms=3_600_000,
+    )
+    runner.run_audit(settings, tmp_path / "run")
+    assert seen == [(False, False)] * 3

@@ -627,6 +627,9 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     run.state = new_state
     run.totals.add(report)
     if closed is not None:
+        # The epoch's rounds reach stable storage before its report does: otherwise a power loss
+        # (`pipelined`, `interval`) could keep a report whose closing round then runs again.
+        run.journal.sync()
         run.epochs.append(closed)
         run.totals.epochs_closed += 1
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
