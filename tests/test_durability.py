@@ -275,3 +275,38 @@ def test_an_epoch_report_is_written_only_after_the_rounds_it_covers_are_synced(
     )
     runner.run_audit(settings, tmp_path / "run")
     assert seen == [(False, False)] * 3
+
+
+@pytest.mark.parametrize("mode", DURABILITY_MODES)
+def test_a_book_snapshot_is_written_only_after_the_rounds_it_holds_are_synced(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a log rotation (and the end) `<state>.blobs` is saved as of a round: never a round that a
+    power loss could still take from the log (the book would count checks of a round run again)."""
+    from distfs_pipeline.pipeline import runner
+    from tests.test_runner import make_settings, small_store
+
+    seen: list[tuple[bool, bool]] = []
+    journals: list[RoundJournal] = []
+    real_open, real_save = RoundJournal.open, runner.save_book
+
+    def open_spy(self: RoundJournal, *args: Any, **kwargs: Any) -> None:
+        journals.append(self)
+        real_open(self, *args, **kwargs)
+
+    def save_spy(state_path: Path, book: Any, round_index: int) -> None:
+        journal = journals[-1]
+        seen.append((journal._unsynced, journal._async is not None and journal._async.in_flight))
+        real_save(state_path, book, round_index)
+
+    monkeypatch.setattr(RoundJournal, "open", open_spy)
+    monkeypatch.setattr(runner, "save_book", save_spy)
+    settings = make_settings(
+        storage_root=str(small_store(tmp_path / "store")),
+        rounds=6,
+        durability=mode,
+        durability_interval_ms=3_600_000,
+        log_max_bytes=4000,
+    )
+    runner.run_audit(settings, tmp_path / "run")
+    assert len(seen) >= 3 and set(seen) == {(False, False)}

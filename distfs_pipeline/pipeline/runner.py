@@ -636,6 +636,7 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     if run.observer is not None:
         run.observer.round(report, new_state, changes, run.book, time.monotonic() - started)
     if run.journal.rotation_due():  # after the epoch line: a rotation never strands an epoch report
+        run.journal.sync()  # the book snapshot never runs ahead of the durable log (power loss)
         save_book(run.journal.state_path, run.book, new_state.rounds_executed)  # replay needs no old segment
         run.journal.rotate(new_state)
     if run.hooks.on_round is not None:
