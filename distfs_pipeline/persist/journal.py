@@ -10,9 +10,10 @@ this module knows how a log line is built and read back, so that:
   capped, however long the log has grown;
 - the active log `rounds.jsonl` rotates into numbered segments (`rounds.jsonl.1`, `.2`, ... , gzip
   optional); a normal start reads only the active segment's tail;
-- durability is a policy (`round`: fdatasync per round; `interval`: group commit at most every
-  `interval_ms`), chosen per run; a kill -9 loses nothing in either (written bytes survive a
-  killed process), only a power loss can cost the last interval.
+- durability is a policy (`round`: fdatasync per round; `pipelined`: that fdatasync overlapped
+  with the next round, at most one round in flight; `interval`: group commit at most every
+  `interval_ms`), chosen per run; a kill -9 loses nothing in any (written bytes survive a killed
+  process), only a power loss can cost the round in flight or the last interval.
 """
 
 from __future__ import annotations
@@ -252,8 +253,8 @@ class SyncPolicy:
     """When the log is fdatasync'ed (`mode`) and the state file checkpointed (every `interval_ms`).
 
     `round`: every round durable against power loss when `commit` returns. `pipelined`: a round's
-    fdatasync runs while the next round's checks do, and completes before the next line is written
-    (a power loss can cost the last finished round). `interval`: group commit,
+    fdatasync runs while the next round's checks do (`aiosync`), and completes before the next line
+    is written (a power loss can cost the one round in flight). `interval`: group commit,
     a power loss can cost the rounds of the last `interval_ms` (plus at most one tick on the wall
     clock); the state file is only ever written after the log holding its rounds is synced.
     """

@@ -19,13 +19,15 @@ Files beside the state file `S` (all ours; upstream reads only `S`, which keeps 
 
 Write-ahead protocol (`RoundJournal.commit`): the round record, with `state_after`, is appended to
 the log as one self-checking line (see `journal`); with `runtime.durability=round` it is
-fdatasync'ed before `commit` returns, with `interval` at most every `durability_interval_ms`. `S`
-is a checkpoint: rewritten atomically at most every interval, at log rotation and at the end of the
-run, and only after the log holding its rounds is synced, so `S` never claims a round the log does
-not hold. At the start of a run (under the lock), `recover` reads `S`, follows `S.wal` to the log,
-cuts a torn tail that provably is ours, and rolls `S` forward through the logged rounds after it,
-each applied only when consistent (round index in sequence, `state_after` = state + its counts).
-The union of all round logs holds each `round_index` from 1 to `rounds_executed` exactly once.
+fdatasync'ed before `commit` returns, with `pipelined` its fdatasync is started (`aiosync`) and
+waited for before the next line is written (at most one round in flight), with `interval` at most
+every `durability_interval_ms`. `S` is a checkpoint: rewritten atomically at most every interval,
+at log rotation and at the end of the run, and only after the log holding its rounds is synced, so
+`S` never claims a round the log does not hold. At the start of a run (under the lock), `recover`
+reads `S`, follows `S.wal` to the log, cuts a torn tail that provably is ours, and rolls `S`
+forward through the logged rounds after it, each applied only when consistent (round index in
+sequence, `state_after` = state + its counts). The union of all round logs holds each `round_index`
+from 1 to `rounds_executed` exactly once.
 """
 
 from __future__ import annotations
