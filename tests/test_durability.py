@@ -310,3 +310,24 @@ def test_a_book_snapshot_is_written_only_after_the_rounds_it_holds_are_synced(
     )
     runner.run_audit(settings, tmp_path / "run")
     assert len(seen) >= 3 and set(seen) == {(False, False)}
+
+
+def test_a_kernel_context_whose_request_was_never_reaped_is_not_reused(tmp_path: Path) -> None:
+    """A wait cut short (a second Ctrl-C raises KeyboardInterrupt inside it) leaves an event behind:
+    the next journal must not take it for its own fdatasync's."""
+    syncer = AsyncDatasync()
+    if syncer.backend != "kernel-aio":
+        syncer.close()
+        pytest.skip("no Linux AIO here")
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        impl = syncer._impl
+        os.write(fd, b"line\n")
+        syncer.start(fd)
+        syncer.in_flight = False  # as a wait interrupted before it reaped the event leaves it
+        syncer.close()
+        fresh = AsyncDatasync()
+        assert fresh._impl is not impl
+        fresh.close()
+    finally:
+        os.close(fd)

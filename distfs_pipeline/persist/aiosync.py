@@ -79,12 +79,14 @@ class _KernelAio:
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
         self._event = _IoEvent()
         self._pid = os.getpid()
+        self._pending = False  # submitted, its event not yet reaped (then the context is never reused)
 
     def submit(self, fd: int) -> None:
         self._iocb.aio_fildes = fd
         done = self._libc.syscall(ctypes.c_long(self._submit), self._ctx, ctypes.c_long(1), self._iocbs)
         if done != 1:
             raise OSError(ctypes.get_errno() if done < 0 else errno.EAGAIN, "io_submit (fdatasync)")
+        self._pending = True
 
     def reap(self) -> None:
         """Block until the one submitted fdatasync completes; its failure as `OSError`."""
@@ -98,6 +100,7 @@ class _KernelAio:
                 None,
             )
             if got == 1:
+                self._pending = False
                 break
             err = ctypes.get_errno()
             if got < 0 and err != errno.EINTR:
@@ -108,8 +111,10 @@ class _KernelAio:
     def close(self) -> None:
         """Keep the idle context for the next journal of this process instead of `io_destroy`,
         which waits for an RCU grace period (37 ms measured: more than a short run's rounds). The
-        kernel frees it at exit; a forked child never reuses it (contexts belong to the parent)."""
-        if self._ctx.value and self._pid == os.getpid():
+        kernel frees it at exit; a forked child never reuses it (contexts belong to the parent), and
+        neither does anyone a context whose request was never reaped (a wait cut short by a second
+        Ctrl-C): its late event would be taken for the next caller's."""
+        if self._ctx.value and self._pid == os.getpid() and not self._pending:
             _IDLE.append(self)
 
 
