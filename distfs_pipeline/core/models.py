@@ -61,10 +61,20 @@ class _Record:
     """Dict round-trip in declaration order (serde's struct order)."""
 
     def to_dict(self) -> dict[str, Any]:
+        # WHY the cached names and the scalar fast path (issue 11): the round record and the state
+        # are built every round; `dataclasses.fields` per call was most of their cost.
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            out[f.name] = _plain(getattr(self, f.name))
+        for name in names:
+            value = getattr(self, name)
+            out[name] = value if value is None or type(value) in _SCALARS else _plain(value)
         return out
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset({int, str, bool, float})  # exact types only: a StrEnum goes through `_plain`
 
 
 def direct_init(cls: type[_T]) -> type[_T]:

@@ -19,18 +19,21 @@ Files beside the state file `S` (all ours; upstream reads only `S`, which keeps 
 
 Write-ahead protocol (`RoundJournal.commit`): the round record, with `state_after`, is appended to
 the log as one self-checking line (see `journal`); with `runtime.durability=round` it is
-fdatasync'ed before `commit` returns, with `interval` at most every `durability_interval_ms`. `S`
-is a checkpoint: rewritten atomically at most every interval, at log rotation and at the end of the
-run, and only after the log holding its rounds is synced, so `S` never claims a round the log does
-not hold. At the start of a run (under the lock), `recover` reads `S`, follows `S.wal` to the log,
-cuts a torn tail that provably is ours, and rolls `S` forward through the logged rounds after it,
-each applied only when consistent (round index in sequence, `state_after` = state + its counts).
-The union of all round logs holds each `round_index` from 1 to `rounds_executed` exactly once.
+fdatasync'ed before `commit` returns, with `pipelined` its fdatasync is started (`aiosync`) and
+waited for before the next line is written (at most one round in flight), with `interval` at most
+every `durability_interval_ms`. `S` is a checkpoint: rewritten atomically at most every interval,
+at log rotation and at the end of the run, and only after the log holding its rounds is synced, so
+`S` never claims a round the log does not hold. At the start of a run (under the lock), `recover`
+reads `S`, follows `S.wal` to the log, cuts a torn tail that provably is ours, and rolls `S`
+forward through the logged rounds after it, each applied only when consistent (round index in
+sequence, `state_after` = state + its counts). The union of all round logs holds each `round_index`
+from 1 to `rounds_executed` exactly once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -43,7 +46,7 @@ from typing import Any
 from distfs_pipeline.core import safefile
 from distfs_pipeline.core.blobs import BlobRecord
 from distfs_pipeline.core.errors import Serde, UsageError
-from distfs_pipeline.core.models import U64_MAX, CursorState, add_counts
+from distfs_pipeline.core.models import I64_MAX, I64_MIN, U32_MAX, U64_MAX, CursorState, add_counts
 from distfs_pipeline.persist import journal
 from distfs_pipeline.persist.identity import Identity, identity_path, load_identity
 
@@ -149,10 +152,64 @@ def state_json(state: CursorState) -> bytes:
 
 def check_loadable(state: CursorState, what: str) -> None:
     """Refuse, before writing, a state the tool (or upstream) would refuse to load back."""
+    check_loadable_dict(state.to_dict(), what)
+
+
+def check_loadable_dict(data: dict[str, Any], what: str) -> None:
+    """`check_loadable` of a state's `to_dict()`: the fast test first, `from_dict` when it says no.
+
+    WHY (issue 11): this guard runs on every round's `state_after`; `CursorState.from_dict` is the
+    authority (it names the bad key) but costs several microseconds, while a state the scheduler
+    built passes a handful of exact-type and bound comparisons.
+    """
+    if loadable_fast(data):
+        return
     try:
-        CursorState.from_dict(state.to_dict())
+        CursorState.from_dict(data)
     except Serde as err:
         raise UsageError(f"{what}: refusing to write a state that could not be loaded back: {err}") from None
+
+
+_UNSIGNED_BOUNDS = (
+    ("next_blob_cursor", U64_MAX),
+    ("rounds_executed", U64_MAX),
+    ("cumulative_total_checks", U64_MAX),
+    ("cumulative_passed_checks", U64_MAX),
+    ("cumulative_failed_checks", U64_MAX),
+    ("consecutive_failure_rounds", U64_MAX),
+    ("cumulative_backoff_skipped_rounds", U64_MAX),
+    ("last_backoff_multiplier", U32_MAX),
+)
+_SIGNED_KEYS = ("backoff_until_unix_ms", "cumulative_backoff_applied_ms", "last_backoff_duration_ms")
+_STATE_KEYS = tuple(f.name for f in dataclasses.fields(CursorState))
+
+
+def loadable_fast(data: dict[str, Any]) -> bool:
+    """True only when `CursorState.from_dict(data)` certainly accepts `data` (all 14 keys, in order,
+    each of its exact type within its bounds); False means "ask `from_dict`", not "bad".
+
+    Every bound that can overflow is here: the u64 counters, the u32 multiplier, the i64 times
+    (`tests/test_state.py` checks each against `from_dict` at and beyond its limits)."""
+    if tuple(data) != _STATE_KEYS:
+        return False
+    for key, top in _UNSIGNED_BOUNDS:
+        value = data[key]
+        if type(value) is not int or not 0 <= value <= top:
+            return False
+    for key in _SIGNED_KEYS:
+        value = data[key]
+        if type(value) is not int or not I64_MIN <= value <= I64_MAX:
+            return False
+    probe = data["last_probe_unix_ms"]
+    if probe is not None and (type(probe) is not int or not I64_MIN <= probe <= I64_MAX):
+        return False
+    reason = data["last_backoff_reason"]
+    if reason is not None and type(reason) is not str:
+        return False
+    reasons = data["cumulative_failure_reasons"]
+    return type(reasons) is dict and all(
+        type(k) is str and type(v) is int and 0 <= v <= U64_MAX for k, v in reasons.items()
+    )
 
 
 def save_state(path: str | os.PathLike[str], state: CursorState) -> None:
@@ -658,8 +715,7 @@ class RoundJournal:
         self._size = 0
         self._unsynced = False
         self._saved_round: int | None = None
-        self._syncer: Any = None  # `pipelined`: a one-thread executor running the previous fdatasync
-        self._pending: Any = None  # its Future
+        self._async: Any = None  # `pipelined`: an `aiosync.AsyncDatasync`, the previous round's fdatasync
         self._last: dict[str, Any] | None = None  # round_index and epoch of the last record written
 
     def open(self, state: CursorState, carried: dict[str, Any] | None = None) -> None:
@@ -692,12 +748,8 @@ class RoundJournal:
         if self._fd is None:
             raise RuntimeError("RoundJournal.commit before open")
         after = state.to_dict()
-        try:  # refused before it is written: a state_after recovery could not load back
-            CursorState.from_dict(after)
-        except Serde as err:
-            raise UsageError(
-                f"round {state.rounds_executed}: refusing to log a state that could not be loaded back: {err}"
-            ) from None
+        # refused before it is written: a state_after recovery could not load back
+        check_loadable_dict(after, f"round {state.rounds_executed}")
         line = journal.encode_record(self.identity.state_id, {**record, "state_after": after})
         self._wait_pending()  # `pipelined`: the previous round is synced before this line is written
         try:
@@ -718,21 +770,26 @@ class RoundJournal:
             self.checkpoint(state)
 
     def _start_sync(self, now: float) -> None:
-        """fdatasync in a worker thread (it releases the GIL) while the next round's checks run."""
-        if self._syncer is None:
-            from concurrent.futures import ThreadPoolExecutor
+        """Start this line's fdatasync and return: it runs while the next round's checks do (in the
+        kernel's AIO worker, so no GIL handoff; see `aiosync`). Only one is ever in flight."""
+        if self._async is None:
+            from distfs_pipeline.persist.aiosync import AsyncDatasync
 
-            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distfs-fdatasync")
+            self._async = AsyncDatasync()
+        assert self._fd is not None
+        try:
+            self._async.start(self._fd)
+        except OSError as err:
+            raise UsageError(f"round log {self.log_path}: cannot sync: {err.strerror or err}") from None
         self._unsynced = False
         self.policy.last_sync = now
-        self._pending = self._syncer.submit(os.fdatasync, self._fd)
 
     def _wait_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
+        """Block until the fdatasync in flight (if any) is done: then every written line is durable."""
+        if self._async is None or not self._async.in_flight:
             return
         try:
-            pending.result()
+            self._async.wait()
         except OSError as err:
             self._unsynced = True
             raise UsageError(f"round log {self.log_path}: cannot sync: {err.strerror or err}") from None
@@ -791,9 +848,9 @@ class RoundJournal:
         finally:
             with contextlib.suppress(UsageError):
                 self._wait_pending()
-            if self._syncer is not None:
-                self._syncer.shutdown(wait=True)
-                self._syncer = None
+            if self._async is not None:
+                self._async.close()
+                self._async = None
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None

@@ -200,10 +200,14 @@ def blob_size(store: LocalCasStore, content_hash: str) -> int | None:
 
 
 def with_sizes(store: LocalCasStore, changes: dict[str, blobs.BlobRecord]) -> dict[str, blobs.BlobRecord]:
-    """Record the size of each blob that passed this round (O(checks), never O(store))."""
+    """Record the size of each blob that passed this round (O(checks), never O(store)).
+
+    Read (one header) only while the book does not know it: a blob is named by its content hash, so
+    the size of the content that passed is the size its first verified pass recorded.
+    """
     out = {}
     for content_hash, record in changes.items():
-        if record.last_result == blobs.PASS:
+        if record.last_result == blobs.PASS and record.size_bytes is None:
             size = blob_size(store, content_hash)
             if size != record.size_bytes:
                 record = dataclasses.replace(record, size_bytes=size)
@@ -623,12 +627,16 @@ def _one_round(run: _Run, observed_ms: int) -> None:
     run.state = new_state
     run.totals.add(report)
     if closed is not None:
+        # The epoch's rounds reach stable storage before its report does: otherwise a power loss
+        # (`pipelined`, `interval`) could keep a report whose closing round then runs again.
+        run.journal.sync()
         run.epochs.append(closed)
         run.totals.epochs_closed += 1
         run.epoch = reward.start_epoch(report.round_index + 1, epoch_rounds)
     if run.observer is not None:
         run.observer.round(report, new_state, changes, run.book, time.monotonic() - started)
     if run.journal.rotation_due():  # after the epoch line: a rotation never strands an epoch report
+        run.journal.sync()  # the book snapshot never runs ahead of the durable log (power loss)
         save_book(run.journal.state_path, run.book, new_state.rounds_executed)  # replay needs no old segment
         run.journal.rotate(new_state)
     if run.hooks.on_round is not None:
