@@ -66,12 +66,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import blake3
+import xxhash
 
 from distfs_pipeline.core import codec, safefile
 from distfs_pipeline.core.errors import BlobHashMismatch, Io, UsageError
 from distfs_pipeline.core.models import VerifyOptions
 from distfs_pipeline.core.store import LocalCasStore, blake3_hex, require_regular_file
 from distfs_pipeline.core.window import (
+    Sample,
     SampleReader,
     check_window,
     extract_sample_slice,
@@ -84,12 +86,14 @@ __all__ = ["ChunkedReader", "FullReader", "SampleReader", "make_reader"]
 _LOG = logging.getLogger(__name__)
 VERIFY_MODES = ("chunked", "full")
 RAW, COMPRESSED = 0, 1  # the layout of a blob file (`ChunkEntry.layout`)
-_DIGEST = 32
-_MAGIC = b"DFSCHK02"
+_SEAL = 32  # the BLAKE3 that seals a cache file's header
+_CHECKSUM = 8  # the xxh3-64 of one on-disk chunk (big-endian, as `xxh3_64_digest` gives it)
+_checksum = xxhash.xxh3_64_digest
+_MAGIC = b"DFSCHK03"  # 03: xxh3-64 per chunk (02 held a BLAKE3 per chunk: ignored, rebuilt)
 # magic, layout, chunk size, file size, mtime_ns, ino, ctime_ns, decoded length, verified at (ns), hash len
 _HEADER = struct.Struct("<8sBxxxIQqQqQqH")
 _STREAM_BYTES = 1 << 20
-# Bound on chunk digests kept in memory (LRU): 64 MiB of digests describe 128 GiB of 64 KiB chunks.
+# Bound on chunk checksums kept in memory (LRU): 64 MiB of them describe 128 GiB of 16 KiB chunks.
 _MEMORY_DIGEST_BUDGET = 64 << 20
 # A full verify stamped further in the future than this (a clock stepped back, a forged file) is due.
 _FUTURE_SLACK_NS = 60_000_000_000
@@ -199,7 +203,7 @@ def _read_all(fd: int, path: str, expected: int) -> bytes:
 
 def _no_readahead(fd: int) -> None:
     """A window read wants exactly its bytes: without this hint the kernel's readahead, seeing a
-    compressed blob's prefix read front to back, pulls in the rest of the file too."""
+    compressed blob's prefix read front to back (or a raw window after cached pages), pulls in more."""
     try:  # noqa: SIM105 (hot path: suppress() costs an object per check)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     except (OSError, AttributeError):
@@ -211,6 +215,14 @@ def _pread(fd: int, path: str, length: int, offset: int) -> bytes:
         return os.pread(fd, length, offset)
     except OSError as exc:
         raise Io(f"read blob {path} failed: {exc.strerror or exc}") from exc
+
+
+def _checksums(block: bytes, chunk_size: int) -> bytes:
+    """The concatenated xxh3-64 of each `chunk_size` piece of `block` (the last may be short)."""
+    if len(block) <= chunk_size:
+        return _checksum(block)
+    view = memoryview(block)
+    return b"".join([_checksum(view[at : at + chunk_size]) for at in range(0, len(block), chunk_size)])
 
 
 # ---------------------------------------------------------------------- upstream mode
@@ -226,12 +238,12 @@ class FullReader(_BlobAccess):
         """The decoded length of the verified blob (SPEC 2.1: `blob_len` is the decoded length)."""
         return len(self.store.get_verified(content_hash))
 
-    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
+    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, Sample]:
         blob = self.store.get_verified(content_hash)
         offset, size = sample_window(content_hash, vrf_seed, len(blob), max_sample_bytes)
         return offset, size, blob[offset : offset + size]
 
-    def read_window(self, content_hash: str, offset: int, size: int) -> bytes:
+    def read_window(self, content_hash: str, offset: int, size: int) -> Sample:
         return extract_sample_slice(self.store.get_verified(content_hash), offset, size)
 
 
@@ -306,7 +318,7 @@ class ChunkedReader(_BlobAccess):
         self._entries: OrderedDict[str, ChunkEntry] = OrderedDict()
         self._digest_bytes = 0
         self._checks: dict[str, int] = {}
-        self._memo: tuple[str, FileKey, int, int, bytes] | None = None
+        self._memo: tuple[str, FileKey, int, int, Sample] | None = None
         self._blake3_store = store.hash_algorithm == "blake3"
 
     # -- SampleReader
@@ -322,7 +334,7 @@ class ChunkedReader(_BlobAccess):
         finally:
             os.close(fd)
 
-    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
+    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, Sample]:
         """Verified bytes of the deterministic window; counts one check of the blob."""
         path = self.store.blob_file(content_hash)
         fd, st = self._open(content_hash, path)
@@ -342,7 +354,7 @@ class ChunkedReader(_BlobAccess):
         self._memo = (content_hash, _file_key(st), offset, size, data)
         return offset, size, data
 
-    def read_window(self, content_hash: str, offset: int, size: int) -> bytes:
+    def read_window(self, content_hash: str, offset: int, size: int) -> Sample:
         """Verified bytes of an explicit window (answer); upstream's window errors."""
         path = self.store.blob_file(content_hash)
         memo = self._memo
@@ -387,7 +399,7 @@ class ChunkedReader(_BlobAccess):
         window: Callable[[int], tuple[int, int]],
         *,
         count: bool,
-    ) -> tuple[int, int, bytes]:
+    ) -> tuple[int, int, Sample]:
         """(offset, size, verified bytes) of `window(decoded length)`.
 
         A full verify (the first check, a due one, or a confirmation) captures the window while it
@@ -409,7 +421,7 @@ class ChunkedReader(_BlobAccess):
         content_hash: str,
         st: os.stat_result,
         window: Callable[[int], tuple[int, int]],
-    ) -> tuple[int, int, bytes]:
+    ) -> tuple[int, int, Sample]:
         entry, captured = self._build(fd, path, content_hash, st, window)
         if captured is not None:
             return captured
@@ -429,7 +441,12 @@ class ChunkedReader(_BlobAccess):
             self._checks[content_hash] = number
             if self.full_verify_every and number % self.full_verify_every == 0:
                 return None
-        return self._valid_entry(content_hash, _file_key(st))
+        key = _file_key(st)
+        entry = self._entries.get(content_hash)  # the steady case, inline (issue 11: per-check cost)
+        if entry is not None and entry.key == key and not (self.full_verify_interval_ns and self._due(entry)):
+            self._entries.move_to_end(content_hash)
+            return entry
+        return self._valid_entry(content_hash, key)
 
     def _entry(self, fd: int, path: str, content_hash: str, st: os.stat_result) -> ChunkEntry:
         entry = self._valid_entry(content_hash, _file_key(st))
@@ -534,52 +551,48 @@ class ChunkedReader(_BlobAccess):
             return hasher, None
         return hasher, (bounds[0], bounds[1], b"".join(parts))
 
-    def _read_verified(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> bytes:
-        """The window's bytes, vouched for by the entry's digests; `_Unverified` otherwise.
+    def _read_verified(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> Sample:
+        """The window's bytes, vouched for by the entry's checksums; `_Unverified` otherwise.
 
+        A raw blob's window costs one `pread` of its covering chunks (one buffer), their xxh3-64
+        compared with the cached ones in one comparison, and the window sliced out of the buffer.
         A window of the whole blob is the very content the full verify hashed to `content_hash`
-        (every byte is vouched for by a matching digest), so in a BLAKE3 store that is its sample
+        (every byte is vouched for by a matching checksum), so in a BLAKE3 store that is its sample
         hash: handed to the issue instead of hashing the blob once more."""
-        data = self._read_vouched(fd, path, entry, offset, size)
-        if self._blake3_store and offset == 0 and size == entry.decoded_len and size:
-            note_sample_hash(data, entry.content_hash)
-        return data
-
-    def _read_vouched(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> bytes:
         self.stats.chunk_reads += 1
-        if size == 0:
+        if not size:
             return b""
         _no_readahead(fd)
         if entry.layout == COMPRESSED:
-            return self._read_compressed(fd, path, entry, offset, size)
-        cs = self.chunk_size
-        first = offset // cs
-        last = (offset + size - 1) // cs
-        start = first * cs
-        length = min((last + 1) * cs, entry.key[0]) - start
-        block = _pread(fd, path, length, start)
-        self.stats.window_disk_bytes += len(block)
-        if len(block) != length:
-            raise _Unverified
-        digests = self._digests(entry, first, last - first + 1)
-        if first == last:  # one chunk: if it is the whole window, its digest is the sample's hash
-            digest = blake3.blake3(block).digest()
-            if digest != digests:
+            data = self._read_compressed(fd, path, entry, offset, size)
+        else:
+            cs = self.chunk_size
+            first = offset // cs
+            count = (offset + size - 1) // cs - first + 1
+            start = first * cs
+            length = min(start + count * cs, entry.key[0]) - start
+            block = _pread(fd, path, length, start)  # one read of the covering chunks
+            self.stats.window_disk_bytes += len(block)
+            known = (
+                entry.digests[first * _CHECKSUM : (first + count) * _CHECKSUM]
+                if entry.digests is not None
+                else self._digests(entry, first, count)
+            )
+            if len(block) != length or _checksums(block, cs) != known:
                 raise _Unverified
-            if offset == start and size == length:
-                note_sample_hash(block, digest.hex())
-                return block
-            return block[offset - start : offset - start + size]
-        view = memoryview(block)
-        for index in range(last - first + 1):
-            at = index * _DIGEST
-            if blake3.blake3(view[index * cs : (index + 1) * cs]).digest() != digests[at : at + _DIGEST]:
-                raise _Unverified
-        return block[offset - start : offset - start + size]
+            # A read-only view of the immutable buffer, not a 64 KiB copy: the protocol only hashes it.
+            data = (
+                block
+                if offset == start and size == length
+                else memoryview(block)[offset - start : offset - start + size]
+            )
+        if self._blake3_store and offset == 0 and size == entry.decoded_len:
+            note_sample_hash(data, entry.content_hash)
+        return data
 
     def _read_compressed(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> bytes:
         """Decode the payload from its start up to the window's end, feeding the decoder only
-        on-disk chunks whose digests match (then its output is what the full verify hashed)."""
+        on-disk chunks whose checksums match (then its output is what the full verify hashed)."""
         cs, file_size = self.chunk_size, entry.key[0]
         # The digests of the on-disk prefix the window is likely to need, read in one go
         # (proportionally to its end, plus a margin); more are read if the decoder asks for them.
@@ -596,7 +609,7 @@ class ChunkedReader(_BlobAccess):
         def read_chunks(n: int) -> bytes:
             chunk = state["chunk"]
             count = min(max(1, -(-(n + state["skip"]) // cs)), entry.chunk_count - chunk)
-            have = len(known) // _DIGEST
+            have = len(known) // _CHECKSUM
             if chunk + count > have:
                 known.extend(self._digests(entry, have, chunk + count - have))
             start = chunk * cs
@@ -605,11 +618,8 @@ class ChunkedReader(_BlobAccess):
             self.stats.window_disk_bytes += len(block)
             if len(block) != length:
                 raise _Unverified
-            view = memoryview(block)
-            for index in range(count):
-                at = (chunk + index) * _DIGEST
-                if blake3.blake3(view[index * cs : (index + 1) * cs]).digest() != known[at : at + _DIGEST]:
-                    raise _Unverified
+            if _checksums(block, cs) != known[chunk * _CHECKSUM : (chunk + count) * _CHECKSUM]:
+                raise _Unverified
             state["chunk"] = chunk + count
             skip, state["skip"] = state["skip"], max(0, state["skip"] - length)
             return block[skip:] if skip else block
@@ -638,7 +648,7 @@ class ChunkedReader(_BlobAccess):
         """`count` digests from chunk `first`: from memory, or one `pread` of the cache file."""
         count = max(0, min(count, entry.chunk_count - first))
         if entry.digests is not None:
-            return entry.digests[first * _DIGEST : (first + count) * _DIGEST]
+            return entry.digests[first * _CHECKSUM : (first + count) * _CHECKSUM]
         if entry.cache_path is None or not count:
             return b""
         try:
@@ -648,14 +658,14 @@ class ChunkedReader(_BlobAccess):
         try:
             if (st.st_ino, st.st_size, st.st_mtime_ns) != entry.cache_identity:
                 raise _Unverified  # replaced since its header was read
-            start = _data_start(entry.content_hash) + first * _DIGEST
-            data = os.pread(fd, count * _DIGEST, start)
+            start = _data_start(entry.content_hash) + first * _CHECKSUM
+            data = os.pread(fd, count * _CHECKSUM, start)
         except OSError:
             raise _Unverified from None
         finally:
             os.close(fd)
         self.stats.cache_bytes_read += len(data)
-        if len(data) != count * _DIGEST:
+        if len(data) != count * _CHECKSUM:
             raise _Unverified
         return data
 
@@ -738,7 +748,7 @@ class _FileScan:
         view = memoryview(block)
         self.hasher.update(view)  # type: ignore[attr-defined]
         for start in range(0, len(view), self.chunk_size):
-            self.digests += blake3.blake3(view[start : start + self.chunk_size]).digest()
+            self.digests += _checksum(view[start : start + self.chunk_size])
         self.position += len(block)
         # A short block is the end of the file (or a torn read: the hash decides).
         self._eof = len(block) < self._step
@@ -781,7 +791,7 @@ def _name_bytes(content_hash: str) -> bytes:
 
 def _data_start(content_hash: str) -> int:
     """Where the digests begin: the header, the hash, the header's seal."""
-    return _HEADER.size + len(_name_bytes(content_hash)) + _DIGEST
+    return _HEADER.size + len(_name_bytes(content_hash)) + _SEAL
 
 
 def _pack_header(entry: ChunkEntry) -> bytes:
@@ -804,9 +814,9 @@ def encode_cache_file(entry: ChunkEntry) -> bytes:
 def _parse_header(raw: bytes, content_hash: str) -> ChunkEntry | None:
     """The entry a header describes (digests left in the file), or None if it is corrupt or another's."""
     name = _name_bytes(content_hash)
-    if len(raw) != _HEADER.size + len(name) + _DIGEST:
+    if len(raw) != _HEADER.size + len(name) + _SEAL:
         return None
-    body, seal = raw[:-_DIGEST], raw[-_DIGEST:]
+    body, seal = raw[:-_SEAL], raw[-_SEAL:]
     if blake3.blake3(body).digest() != seal:
         return None
     magic, layout, chunk_size, size, mtime_ns, ino, ctime_ns, decoded_len, verified_at, name_len = (
@@ -836,7 +846,7 @@ def read_cache_header(path: Path, content_hash: str) -> ChunkEntry | None:
     finally:
         os.close(fd)
     entry = _parse_header(raw, content_hash)
-    if entry is None or st.st_size != len(raw) + entry.chunk_count * _DIGEST:
+    if entry is None or st.st_size != len(raw) + entry.chunk_count * _CHECKSUM:
         return None
     return replace(entry, cache_path=path, cache_identity=(st.st_ino, st.st_size, st.st_mtime_ns))
 
@@ -845,7 +855,7 @@ def decode_cache_file(raw: bytes, content_hash: str) -> ChunkEntry | None:
     """The whole entry in a cache file's bytes (digests included), or None if corrupt in any way."""
     start = _data_start(content_hash)
     entry = _parse_header(raw[:start], content_hash)
-    if entry is None or len(raw) != start + entry.chunk_count * _DIGEST:
+    if entry is None or len(raw) != start + entry.chunk_count * _CHECKSUM:
         return None
     return replace(entry, digests=raw[start:])
 
