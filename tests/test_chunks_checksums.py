@@ -192,3 +192,23 @@ def test_a_wrong_checksum_in_the_cache_is_confirmed_never_condemned(tmp_path) ->
     assert run_check(reader, request(content_hash, seed), 1_000, 0).passed
     assert (reader.stats.cache_file_hits, reader.stats.confirmations, reader.stats.full_verifies) == (1, 1, 1)
     assert cache_file.read_bytes()[at] == raw[at] ^ 0x40
+
+
+def test_a_new_run_reads_the_windows_checksums_first_then_keeps_them_in_memory(tmp_path, monkeypatch) -> None:
+    """The first check of a run that finds the cache on disk reads only the header and its window's
+    checksums; the second loads the blob's checksums once; later checks read no cache file at all."""
+    store = LocalCasStore(tmp_path / "store", blob_format="raw")
+    data = bytes(range(256)) * (64 * CHUNK // 256)
+    content_hash = store.put_bytes(data)
+    cache = tmp_path / "cache"
+    assert run_check(ChunkedReader(store, CHUNK, cache), request(content_hash, "build"), 1_000, 0).passed
+    reader = ChunkedReader(store, CHUNK, cache)
+    header = chunks._data_start(content_hash)
+    read_so_far = []
+    for seed in ("a", "b", "c", "d"):
+        assert run_check(reader, request(content_hash, seed), 1_000, 0).passed
+        read_so_far.append(reader.stats.cache_bytes_read)
+    assert read_so_far[0] <= header + 4 * 8  # a 3 KiB window covers at most 4 chunks
+    assert read_so_far[1] - read_so_far[0] == 64 * 8  # all 64 checksums, once
+    assert read_so_far[3] == read_so_far[1]
+    assert reader.stats.full_verifies == 0 and reader.stats.cache_file_hits == 1

@@ -334,6 +334,7 @@ class ChunkedReader(_BlobAccess):
         self._entries: OrderedDict[str, ChunkEntry] = OrderedDict()
         self._digest_bytes = 0
         self._checks: dict[str, int] = {}
+        self._file_checks: dict[str, int] = {}  # checks served by a file-backed entry (see _promote)
         self._memo: tuple[str, FileKey, int, int, Sample] | None = None
         self._blake3_store = store.hash_algorithm == "blake3"
 
@@ -578,6 +579,8 @@ class ChunkedReader(_BlobAccess):
         self.stats.chunk_reads += 1
         if not size:
             return b""
+        if entry.digests is None:
+            entry = self._promote(entry)
         _no_readahead(fd)
         if entry.layout == COMPRESSED:
             data = self._read_compressed(fd, path, entry, offset, size)
@@ -685,6 +688,20 @@ class ChunkedReader(_BlobAccess):
             raise _Unverified
         return data
 
+    def _promote(self, entry: ChunkEntry) -> ChunkEntry:
+        """A file-backed entry, or from its second check on, the same entry with all its checksums
+        in memory (one `pread` of them), so the steady checks of a run that found the cache on disk
+        cost what those of the run that built it cost (no open, fstat and read of the cache file per
+        check). The first check still reads only its window's checksums; entries too large for a
+        share of the memory budget stay file-backed; the LRU budget bounds the rest."""
+        uses = self._file_checks.get(entry.content_hash, 0) + 1
+        self._file_checks[entry.content_hash] = uses
+        if uses < 2 or entry.chunk_count * _CHECKSUM > _MEMORY_DIGEST_BUDGET // 16:
+            return entry
+        promoted = replace(entry, digests=self._digests(entry, 0, entry.chunk_count))
+        self._remember(promoted)
+        return promoted
+
     def _known_bad(self, content_hash: str) -> None:
         """Drop every cached digest of a blob seen damaged, so its next check is a full verify."""
         self._forget(content_hash)
@@ -701,6 +718,7 @@ class ChunkedReader(_BlobAccess):
             self._digest_bytes -= len(evicted.digests or b"")
 
     def _forget(self, content_hash: str) -> None:
+        self._file_checks.pop(content_hash, None)
         old = self._entries.pop(content_hash, None)
         if old is not None:
             self._digest_bytes -= len(old.digests or b"")
