@@ -354,6 +354,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2_000, help="rounds in chunked mode (default 2000)")
     parser.add_argument("--full-rounds", type=int, default=72, help="rounds in full mode (default 72)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 blobs, few rounds")
+    parser.add_argument("--sections", default="123", help="which sections to run (default 123)")
     args = parser.parse_args()
     if args.quick:
         args.big_blobs, args.rounds, args.full_rounds = 4, 200, 8
@@ -361,9 +362,9 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chunk-cache-", dir=BENCH_ROOT) as cache_dir:
         cache = Path(cache_dir)
-        bench_blob_size(args, cache)
-        bench_overhead(args, cache)
-        bench_first_check(args, cache)
+        for section, bench in (("1", bench_blob_size), ("2", bench_overhead), ("3", bench_first_check)):
+            if section in args.sections:
+                bench(args, cache)
     print(f"\ntotal {time.perf_counter() - started:.1f}s")
 
 
