@@ -212,3 +212,34 @@ def test_a_new_run_reads_the_windows_checksums_first_then_keeps_them_in_memory(t
     assert read_so_far[1] - read_so_far[0] == 64 * 8  # all 64 checksums, once
     assert read_so_far[3] == read_so_far[1]
     assert reader.stats.full_verifies == 0 and reader.stats.cache_file_hits == 1
+
+
+def test_large_chunks_are_checksummed_in_16_kib_pieces(tmp_path) -> None:
+    """With 64 KiB chunks a 64 KiB window at a random offset reads its covering 16 KiB pieces (at most
+    96 KiB), not two 64 KiB chunks; a file of at most one chunk is still read whole."""
+    piece = chunks.CHECKSUM_PIECE_BYTES
+    assert piece == 16 * 1024
+    store = LocalCasStore(tmp_path / "store", blob_format="raw")
+    data = blake3.blake3(b"pieces").digest(length=1 << 20)
+    content_hash = store.put_bytes(data)
+    whole = store.put_bytes(data[: 64 * 1024])
+    reader = ChunkedReader(store, 64 * 1024, tmp_path / "cache")
+    assert reader.piece == piece
+    for seed in ("warm", "a", "b", "c"):
+        before = reader.stats.window_disk_bytes
+        assert run_check(reader, request(content_hash, seed, 64 * 1024), 1_000, 0).passed
+        offset, size = sample_window(content_hash, seed, len(data), 64 * 1024)
+        covered = ((offset + size - 1) // piece + 1) * piece - offset // piece * piece
+        assert seed == "warm" or reader.stats.window_disk_bytes - before == covered <= 96 * 1024
+    (cache_file,) = sorted((tmp_path / "cache" / "chunks-65536").rglob("*.chk"))
+    assert len(cache_file.read_bytes()) == chunks._data_start(content_hash) + (len(data) // piece) * 8
+    assert run_check(reader, request(whole, "s", 64 * 1024), 1_000, 0).passed
+    assert reader.stats.small_reads == 1 and reader.stats.full_verifies == 1
+    # A flipped bit in the window (metadata made to look unchanged) is caught at this granularity too.
+    offset, size = sample_window(content_hash, "d", len(data), 64 * 1024)
+    path = store.blob_path(content_hash)
+    flip_bit_in_place(path, offset + size - 1)
+    reader = as_if_unchanged(reader, tmp_path / "cache", content_hash, path, "same")
+    outcome = run_check(reader, request(content_hash, "d", 64 * 1024), 1_000, 0)
+    assert outcome.failure is not None and outcome.failure.reason.value == "HASH_MISMATCH"
+    assert reader.stats.confirmations == 1

@@ -13,8 +13,9 @@
   * A larger file is fully verified once, exactly by upstream's rule (decode when the file is a valid
     `O7CBLOB1` encoding of this hash, else the raw bytes; the whole hash must equal the content
     hash, else `BlobHashMismatch` and nothing is cached). That one read records a checksum (xxh3-64)
-    of every `chunk_size_bytes` chunk of the file AS STORED ON DISK, the layout found (raw or
-    compressed) and the decoded length.
+    of every piece of the file AS STORED ON DISK (pieces of `chunk_size_bytes`, at most 16 KiB:
+    `CHECKSUM_PIECE_BYTES`; "chunk" below), the layout found (raw or compressed) and the decoded
+    length.
   * Later checks of a raw blob read only the chunks the window covers (one `pread` into one
     buffer), compare their checksums with the recorded ones (one comparison), and hand the window
     out as a read-only view of that buffer: the only BLAKE3 of a steady check is the sample's own.
@@ -52,8 +53,8 @@ The chunk cache lives in memory and, if `cache_dir` is set, in one binary file p
 `cache_dir/chunks-<size>/` (never inside the audited store: `make_reader` refuses that), with a FIXED
 layout so a check reads only what it needs: a header (magic `DFSCHK03`, file key, layout, decoded
 length, time of the full verify, the content hash) sealed by a BLAKE3 of it, then 8 bytes (xxh3-64)
-per on-disk chunk: 512 KiB per GiB of store at the default 16 KiB chunks (128 KiB at 64 KiB, 2 MiB
-at 4 KiB). A new run reads the header and the checksums of the window's chunks (`pread`), not the
+per on-disk piece: 512 KiB per GiB of store at the default 16 KiB chunks and any larger chunk size
+(2 MiB at 4 KiB). A new run reads the header and the checksums of the window's chunks (`pread`), not the
 whole file. A file of an older format (`DFSCHK02`: a BLAKE3 per chunk) is ignored and rebuilt. Files are
 written through `safefile.write_atomic` and opened through `safefile.open_read` (no link, FIFO or
 device followed; sizes checked); a file that is corrupt, of another blob, or of another file state is
@@ -114,6 +115,11 @@ _MEMORY_DIGEST_BUDGET = 64 << 20
 # A full verify stamped further in the future than this (a clock stepped back, a forged file) is due.
 _FUTURE_SLACK_NS = 60_000_000_000
 DEFAULT_FULL_VERIFY_INTERVAL_MS = 7 * 24 * 3600 * 1000
+# The largest piece one checksum covers. A 64 KiB window at a random offset then costs at most 96 KiB
+# read and checksummed (80 KiB typically), whatever `chunk_size_bytes` is: with 64 KiB pieces it was
+# 128 KiB (about 5 us more per check, measured by benchmarks/bench_core.py). 8 bytes per 16 KiB is
+# 512 KiB of cache per GiB of store. Finer pieces save little: each costs a call (about 0.1 us).
+CHECKSUM_PIECE_BYTES = 16 * 1024
 
 FileKey = tuple[int, int, int, int]  # size, mtime_ns, ino, ctime_ns
 
@@ -270,8 +276,10 @@ class FullReader(_BlobAccess):
 class ChunkEntry:
     """What one full verify of a blob file established, valid while the file keeps `key`.
 
-    `digests`: the xxh3-64 checksum of each on-disk chunk, 8 bytes each, concatenated; None when
-    they stay in the cache file `cache_path` and are read (`pread`) only as a check needs them."""
+    `chunk_size`: the piece each checksum covers (`ChunkedReader.piece`: the configured chunk size,
+    at most `CHECKSUM_PIECE_BYTES`). `digests`: the xxh3-64 checksum of each on-disk piece, 8 bytes
+    each, concatenated; None when they stay in the cache file `cache_path` and are read (`pread`)
+    only as a check needs them."""
 
     content_hash: str
     chunk_size: int
@@ -326,6 +334,9 @@ class ChunkedReader(_BlobAccess):
     ) -> None:
         super().__init__(store)
         self.chunk_size = chunk_size
+        # The checksum granularity (`ChunkEntry.chunk_size`): at most 16 KiB, so that the bytes a
+        # window's check reads and checksums stay close to the window even with large chunks.
+        self.piece = min(chunk_size, CHECKSUM_PIECE_BYTES)
         self.cache_dir = cache_dir / f"chunks-{chunk_size}" if cache_dir is not None else None
         self.full_verify_every = full_verify_every
         self.full_verify_interval_ns = full_verify_interval_ms * 1_000_000
@@ -509,7 +520,7 @@ class ChunkedReader(_BlobAccess):
         `window` captured from the decode."""
         self.stats.full_verifies += 1
         self._forget(content_hash)
-        scan = _FileScan(fd, path, self.chunk_size, self.store.new_hasher())
+        scan = _FileScan(fd, path, self.piece, self.store.new_hasher())
         head = scan.read_exact(codec.HEADER_LEN)
         raw_len = codec.header_raw_len(head, content_hash, st.st_size)
         decoded, captured = None, None
@@ -529,7 +540,7 @@ class ChunkedReader(_BlobAccess):
             raise BlobHashMismatch(content_hash, actual)
         entry = ChunkEntry(
             content_hash,
-            self.chunk_size,
+            self.piece,
             _file_key(st),
             bytes(scan.digests),
             layout,
@@ -585,7 +596,7 @@ class ChunkedReader(_BlobAccess):
         if entry.layout == COMPRESSED:
             data = self._read_compressed(fd, path, entry, offset, size)
         else:
-            cs = self.chunk_size
+            cs = entry.chunk_size
             first = offset // cs
             count = (offset + size - 1) // cs - first + 1
             start = first * cs
@@ -612,7 +623,7 @@ class ChunkedReader(_BlobAccess):
     def _read_compressed(self, fd: int, path: str, entry: ChunkEntry, offset: int, size: int) -> bytes:
         """Decode the payload from its start up to the window's end, feeding the decoder only
         on-disk chunks whose checksums match (then its output is what the full verify hashed)."""
-        cs, file_size = self.chunk_size, entry.key[0]
+        cs, file_size = entry.chunk_size, entry.key[0]
         # The digests of the on-disk prefix the window is likely to need, read in one go
         # (proportionally to its end, plus a margin); more are read if the decoder asks for them.
         guess = min(entry.chunk_count, ((offset + size) * file_size // max(entry.decoded_len, 1)) // cs + 3)
@@ -740,7 +751,7 @@ class ChunkedReader(_BlobAccess):
                 self.stats.cache_file_rejected += 1
             return None
         self.stats.cache_bytes_read += _data_start(content_hash)
-        if entry.chunk_size != self.chunk_size:
+        if entry.chunk_size != self.piece:
             self.stats.cache_file_rejected += 1
             return None
         return entry if entry.key == key else None
