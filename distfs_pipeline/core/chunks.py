@@ -346,7 +346,7 @@ class ChunkedReader(_BlobAccess):
         self._digest_bytes = 0
         self._checks: dict[str, int] = {}
         self._file_checks: dict[str, int] = {}  # checks served by a file-backed entry (see _promote)
-        self._memo: tuple[str, FileKey, int, int, Sample] | None = None
+        self._memo: tuple[str, FileKey, int, int, Sample, str] | None = None  # the last sample, its path
         self._blake3_store = store.hash_algorithm == "blake3"
 
     # -- SampleReader
@@ -379,16 +379,22 @@ class ChunkedReader(_BlobAccess):
                 offset, size, data = self._checked_window(fd, path, content_hash, st, window, count=True)
         finally:
             os.close(fd)
-        self._memo = (content_hash, _file_key(st), offset, size, data)
+        self._memo = (content_hash, _file_key(st), offset, size, data, path)
         return offset, size, data
 
     def read_window(self, content_hash: str, offset: int, size: int) -> Sample:
         """Verified bytes of an explicit window (answer); upstream's window errors."""
-        path = self.store.blob_file(content_hash)
         memo = self._memo
-        if memo is not None and memo[:4] == (content_hash, self._stat_key(content_hash, path), offset, size):
+        if (
+            memo is not None
+            and memo[0] == content_hash
+            and memo[2] == offset
+            and memo[3] == size
+            and self._stat_key(content_hash, memo[5]) == memo[1]
+        ):
             self.stats.memo_hits += 1
             return memo[4]
+        path = self.store.blob_file(content_hash)
         fd, st = self._open(content_hash, path)
         try:
             if st.st_size <= self.chunk_size:
