@@ -500,19 +500,27 @@ def test_a_whole_small_blob_sample_is_hashed_once_per_check(store, tmp_path, mon
     assert calls == [100]
 
 
-def test_a_window_that_is_one_whole_chunk_reuses_the_chunk_digest(store, tmp_path, monkeypatch) -> None:
-    from distfs_pipeline.core import challenge
-
-    data = make_blob(4 * CHUNK)
+def test_a_steady_check_hashes_only_the_window_with_blake3(store, tmp_path, monkeypatch) -> None:
+    """Issue 11: the covering chunks are checked by xxh3-64, so the only BLAKE3 of a steady check
+    is the sample's own (once: the answer reuses the issue's bytes and hash)."""
+    data = make_blob(16 * CHUNK)
     content_hash = store.put_bytes(data)
     fast = chunked(store, tmp_path)
-    fast.read_sample(content_hash, 10, "warm")
-    calls: list[int] = []
-    monkeypatch.setattr(window_module, "blake3_hex", lambda d: calls.append(len(d)) or blake3_hex(d))
-    window = fast.read_window(content_hash, 2 * CHUNK, CHUNK)
-    assert window == data[2 * CHUNK : 3 * CHUNK]
-    assert challenge._SAMPLE_HASHES.hex(window) == blake3_hex(window)
-    assert calls == []
+    assert run_check(fast, request(content_hash, "warm", 3 * CHUNK), 1_000, 0).passed  # builds the cache
+    hashed: list[int] = []
+    real = chunks.blake3.blake3
+
+    def spy(data=b"", *args, **kwargs):
+        hashed.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(chunks.blake3, "blake3", spy)
+    outcome = run_check(fast, request(content_hash, "s", 3 * CHUNK), 1_000, 0)
+    assert outcome.passed and fast.stats.full_verifies == 1 and fast.stats.memo_hits == 2
+    assert [n for n in hashed if n > 100] == [3 * CHUNK]  # (the others: seeds and offsets, 66 bytes)
+    monkeypatch.undo()
+    offset, size = sample_window(content_hash, "s", len(data), 3 * CHUNK)
+    assert outcome.semantics.post_commitment_hint == blake3_hex(data[offset : offset + size])
 
 
 @pytest.mark.parametrize("blob_format", ["raw", "o7cblob1"])

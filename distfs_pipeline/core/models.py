@@ -446,8 +446,8 @@ class VerifyOptions(_Record):
     """How a check verifies the bytes it samples (ours; SPEC section 0, "I/O follows the sample").
 
     `mode="full"` reads and hashes the whole blob at issue and at answer, as upstream does.
-    `mode="chunked"` verifies only the chunks the sample window covers, against per-chunk BLAKE3
-    hashes cached under `cache_dir` (never inside the audited store). `full_verify_every` > 0 makes
+    `mode="chunked"` verifies only the chunks the sample window covers, against per-chunk xxh3-64
+    checksums cached under `cache_dir` (never inside the audited store). `full_verify_every` > 0 makes
     every n-th check of a blob a full verify (0 = never); cached digests older than
     `full_verify_interval_ms` (wall time since their full verify; 0 = no bound) are not trusted.
     """

@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 USIZE_MAX = U64_MAX  # upstream runs on 64-bit targets
+# Verified sample bytes: `bytes`, or a read-only view into an immutable `bytes` buffer (the chunked
+# reader's window inside the chunks it read and checked: no copy, since the protocol only hashes it).
+Sample = bytes | memoryview
 
 
 class SampleReader(Protocol):
@@ -37,11 +40,11 @@ class SampleReader(Protocol):
 
     def blob_len(self, content_hash: str) -> int: ...
 
-    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, bytes]:
+    def read_sample(self, content_hash: str, max_sample_bytes: int, vrf_seed: str) -> tuple[int, int, Sample]:
         """(offset, size, verified bytes) of the deterministic window (SPEC 2.4)."""
         ...
 
-    def read_window(self, content_hash: str, offset: int, size: int) -> bytes:
+    def read_window(self, content_hash: str, offset: int, size: int) -> Sample:
         """Verified bytes of an explicit window, with upstream's window errors."""
         ...
 
@@ -57,22 +60,22 @@ class _SampleHashMemo:
     __slots__ = ("digest", "sample")
 
     def __init__(self) -> None:
-        self.sample: bytes | None = None
+        self.sample: Sample | None = None
         self.digest = ""
 
-    def hex(self, sample: bytes) -> str:
+    def hex(self, sample: Sample) -> str:
         if sample is not self.sample:
             self.sample, self.digest = sample, blake3_hex(sample)
         return self.digest
 
-    def note(self, sample: bytes, digest: str) -> None:
+    def note(self, sample: Sample, digest: str) -> None:
         self.sample, self.digest = sample, digest
 
 
 _SAMPLE_HASHES = _SampleHashMemo()
 
 
-def note_sample_hash(sample: bytes, blake3_hex_digest: str) -> None:
+def note_sample_hash(sample: Sample, blake3_hex_digest: str) -> None:
     """A reader that has just computed the lowercase hex BLAKE3 of exactly the `sample` object it
     will return (a whole small blob hashed for its content check, a window that is exactly one
     verified chunk) hands it over, so the issue does not hash the same bytes a second time.
