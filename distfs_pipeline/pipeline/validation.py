@@ -166,7 +166,12 @@ class ProbeSettings(_Settings):
     verify_mode: Literal["chunked", "full"] = Field(
         "chunked", description="chunked: verify only the sampled chunks; full: upstream's whole-blob reads."
     )
-    chunk_size_bytes: int = _u32(16 * 1024, 1, "Chunk size of the per-chunk hash cache (u32 >= 1).")
+    chunk_size_bytes: int = _u32(
+        16 * 1024,
+        1,
+        "Files up to this size are read and verified whole on every check; larger ones by cached "
+        "xxh3-64 checksums of pieces of min(this, 16 KiB) (u32 >= 1).",
+    )
     chunk_cache_dir: str | None = Field(
         None,
         description="Chunk and listing cache directory, outside the store (null: a per-store directory "
