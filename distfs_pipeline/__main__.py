@@ -9,14 +9,21 @@ app (`app.main`).
 
 Closing stdout (`distfs-pipeline ... | head`) is not an error: the run's files are already saved
 when the end table is printed, so a broken pipe ends the process quietly (see `_stdout_closed`).
+
+As a command (no `argv` given), the process ends without the interpreter's final teardown, which
+frees every module and object one by one: 0.07 to 0.15 s after a run, 0.2 s after a sweep that drew
+its plot (measured here), for nothing, since the process is gone a moment later. Everything that
+teardown still does for us is done first, in the interpreter's own order (`_exit_now`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from distfs_pipeline.pipeline import stopping
 
@@ -31,7 +38,15 @@ VERSION_FLAGS = frozenset({"--version", "-V"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The console script; returns (and, as a script, exits with) the exit status."""
+    """The console script: as a command (`argv` None) it exits with the status; called with `argv`,
+    it returns it."""
+    status = _main(argv)
+    if argv is None:
+        _exit_now(status)
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     stopping.install()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -101,5 +116,27 @@ def _stdout_closed() -> int:
     return 0
 
 
+def _exit_now(status: int) -> NoReturn:
+    """End the process as `sys.exit(status)` would, without freeing every object first.
+
+    What the interpreter does at exit before that teardown is done here, in its order: non-daemon
+    threads are joined, with the threads' exit hooks (`concurrent.futures`, joblib's executor), then
+    the `atexit` handlers (logging flushes and closes its files, Hydra's, Ray's, weakref finalizers
+    such as temporary directories), then stdout and stderr are flushed. Our own files are written
+    through file descriptors and closed (or fsynced) before this point, never left to a destructor.
+    """
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's first exit step
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing to say
+                stream.flush()
+        os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
