@@ -235,3 +235,18 @@ def test_a_joblib_sweep_refused_in_pre_flight_leaves_no_worker_behind(
     assert done.stderr.count("\n") == 1 and "would be shared by sweep jobs 0 and 1" in done.stderr
     assert _processes_with(marker) == []
     assert not (tmp_path / "sweep").exists()
+
+
+def test_two_sweeps_started_together_get_their_own_default_dirs(tmp_path: Path, cache_home: Path) -> None:
+    """Hydra's default sweep dir has one-second resolution: two sweeps started in the same second
+    shared it (their job dirs 0, 1 collided). Ours ends in the driver's `${distfs_run_id:}`."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "distfs_pipeline", "-m", "policy=default,steady", "runtime.rounds=2"]
+    command += ["runtime.progress=never"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL) for _ in range(2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    dirs = sorted((tmp_path / "multirun").glob("*/*"))
+    assert len(dirs) == 2
+    for sweep_dir in dirs:
+        data = json.loads((sweep_dir / sweep.SUMMARY_JSON).read_text())
+        assert (data["jobs"], data["completed"]) == (2, 2)
