@@ -250,3 +250,22 @@ def test_two_sweeps_started_together_get_their_own_default_dirs(tmp_path: Path, 
     for sweep_dir in dirs:
         data = json.loads((sweep_dir / sweep.SUMMARY_JSON).read_text())
         assert (data["jobs"], data["completed"]) == (2, 2)
+
+
+def test_optuna_trials_on_the_joblib_launcher(tmp_path: Path, cache_home: Path) -> None:
+    """A sweeper other than the basic one hands its jobs to the joblib launcher's own `launch`,
+    which pickles the launcher's context (our reusing loader) into the workers: unpickling it
+    recursed without end before the loader pickled as Hydra's own."""
+    require("hydra_plugins.hydra_optuna_sweeper")
+    optuna = ("hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
+    optuna += (
+        "hydra.sweeper.sampler.seed=7",
+        "policy=steady",
+        "policy.backoff_base_ms=range(0,3000,step=500)",
+    )
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    slow = ("scenario=slow_disk", "scenario.faults.0.at_round=5", "scenario.faults.0.repair_at_round=20")
+    done = multirun(tmp_path, cache_home, *optuna, *joblib, *slow, "runtime.rounds=40")
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = summary(tmp_path)
+    assert (data["jobs"], data["completed"]) == (2, 2)

@@ -56,7 +56,14 @@ class ReusingConfigLoader:
         self._composed: dict[tuple[str, ...], DictConfig] = {}
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("inner", "_composed"):  # not set yet (unpickling, copy)
+            raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        """Pickled (a launcher sending its context to workers), it is Hydra's loader: the kept
+        configs stay in this process, and a worker composes as Hydra's own would."""
+        return _same, (self.inner,)
 
     def compose_job(
         self, master: DictConfig, overrides: Sequence[str], describe: Callable[[Exception], str]
@@ -74,6 +81,10 @@ class ReusingConfigLoader:
         if kept is not None:
             return kept
         return self.inner.load_sweep_config(master_config, list(sweep_overrides))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def launcher_target(cfg: DictConfig) -> str | None:
