@@ -55,7 +55,7 @@ from distfs_pipeline.pipeline.validation import Settings, settings_from_cfg
 CONF_DIR = conf_dir()  # inside the installed package, or the checkout's conf/ (see resources)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = stopping.EXIT_INTERRUPTED
-RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+RAY_LAUNCHER = launching.RAY_LAUNCHER
 RAY_CONNECT_TIMEOUT_S = 5.0
 
 

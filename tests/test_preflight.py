@@ -429,3 +429,32 @@ def test_a_user_scenario_without_a_name_is_refused_not_run_as_a_plain_audit(tmp_
         "scenario.faults: faults are only injected by a scenario"
     )
     preflight([searchpath, "scenario=mine", "scenario.name=mine"], CONF)
+
+
+@pytest.mark.parametrize(("jobs", "complete"), [(4, True), (5, False)])
+def test_a_sweep_past_the_cap_is_never_called_complete(
+    jobs: int, complete: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each dimension used to be cut at the cap before the jobs were counted, so a one-key sweep of
+    100,000 values counted as 256 jobs, "every job checked": Hydra's own check was then switched off
+    for jobs never validated, and the reusing launchers composed and kept all 100,000 up front."""
+    monkeypatch.setattr(pf, "MAX_SWEEP_JOBS", 4)
+    preflight(["-m", f"runtime.rounds=range(1,{jobs + 1})"], CONF)
+    assert pf._SweepCoverage.complete is complete
+
+
+@pytest.mark.parametrize(
+    ("launcher", "ids"),
+    [("hydra/launcher=basic", ["0", "1"]), ("hydra/launcher=joblib", ["app_0", "app_1"])],
+)
+def test_sweep_jobs_are_checked_with_the_job_id_their_launcher_sets(
+    launcher: str, ids: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${hydra:job.id}` in a path was checked as the job number even where the joblib launcher
+    names the job `app_<number>`: the path checked was not the path written."""
+    seen: list[Path] = []
+    real = pf._job_state_path
+    monkeypatch.setattr(pf, "_job_state_path", lambda cfg: seen.append(real(cfg)) or seen[-1])
+    state = str(tmp_path) + "/${hydra:job.id}/s.json"
+    preflight(["-m", launcher, "policy=default,steady", f"runtime.state_path={state}"], CONF)
+    assert [p.parent.name for p in seen] == ids

@@ -38,6 +38,7 @@ from distfs_pipeline.core.errors import UsageError
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 REUSING_LAUNCHERS = (BASIC_LAUNCHER, JOBLIB_LAUNCHER)
 
 

@@ -54,7 +54,12 @@ from distfs_pipeline.pipeline import (
     config,  # noqa: F401  (importing registers the structured-config schema)
     resolvers,  # noqa: F401  (importing registers ${distfs_run_id:}, which hydra.run.dir uses)
 )
-from distfs_pipeline.pipeline.launching import ReusingConfigLoader
+from distfs_pipeline.pipeline.launching import (
+    JOBLIB_LAUNCHER,
+    RAY_LAUNCHER,
+    ReusingConfigLoader,
+    launcher_target,
+)
 from distfs_pipeline.pipeline.validation import settings_from_cfg
 
 MAX_SWEEP_JOBS = 256
@@ -356,7 +361,7 @@ def _validate_sweep(
                 job_cfg = compose_job(job)
                 with read_write(job_cfg.hydra), open_dict(job_cfg.hydra):
                     job_cfg.hydra.job.num = number
-                    job_cfg.hydra.job.id = str(number)
+                    job_cfg.hydra.job.id = _launcher_job_id(master, job_cfg, number)
                     job_cfg.hydra.mode = RunMode.MULTIRUN
                 state = _job_state_path(job_cfg)
             except UsageError as exc:
@@ -371,6 +376,18 @@ def _validate_sweep(
             states[state] = number
     finally:
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
+
+
+def _launcher_job_id(master: DictConfig | None, job_cfg: DictConfig, number: int) -> str:
+    """`hydra.job.id` as the sweep's launcher will set it, so `${hydra:job.id}` in a path is checked
+    where the job will write (the basic launcher: the number; joblib: `<job name>_<number>`; Ray:
+    `job_id_for_<number>`)."""
+    target = None if master is None else launcher_target(master)
+    if target == JOBLIB_LAUNCHER:
+        return f"{job_cfg.hydra.job.name}_{number}"
+    if target == RAY_LAUNCHER:
+        return f"job_id_for_{number}"
+    return str(number)
 
 
 def _launch_order(parser: OverridesParser, arguments: list[str]) -> list[list[str]]:
@@ -424,8 +441,8 @@ def _sweep_dimensions(overrides: list[Override]) -> list[list[str]]:
         key = override.get_key_element()
         if not override.is_sweep_override():
             by_key[key] = [_as_text(override)]
-        elif override.is_discrete_sweep():
-            values = itertools.islice(override.sweep_string_iterator(), MAX_SWEEP_JOBS)
+        elif override.is_discrete_sweep():  # one more than the cap: a longer sweep is not complete
+            values = itertools.islice(override.sweep_string_iterator(), MAX_SWEEP_JOBS + 1)
             by_key[key] = [f"{key}={value}" for value in values]
         else:
             by_key.pop(key, None)
