@@ -116,21 +116,34 @@ def _stdout_closed() -> int:
     return 0
 
 
+def _interrupted_status(status: int) -> int:
+    """A stop request that arrived while the process was ending: said once, status 130."""
+    if status != stopping.EXIT_INTERRUPTED:
+        with contextlib.suppress(OSError, ValueError):
+            print("distfs_pipeline: interrupted while exiting", file=sys.stderr, flush=True)
+    return stopping.EXIT_INTERRUPTED
+
+
 def _exit_now(status: int) -> NoReturn:
     """End the process as `sys.exit(status)` would, without freeing every object first.
 
     What the interpreter does at exit before that teardown is done here, in its order: non-daemon
     threads are joined, with the threads' exit hooks (`concurrent.futures`, joblib's executor), then
     the `atexit` handlers (logging flushes and closes its files, Hydra's, Ray's, weakref finalizers
-    such as temporary directories), then stdout and stderr are flushed. Our own files are written
-    through file descriptors and closed (or fsynced) before this point, never left to a destructor.
+    such as temporary directories), then stdout and stderr are flushed. A signal that arrives while
+    threads are joined ends that wait (status 130), never the rest: the handlers still run. Our own
+    files are written through file descriptors and closed (or fsynced) before this point, never left
+    to a destructor.
     """
     import atexit
     import threading
 
     try:
-        threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's first exit step
-        atexit._run_exitfuncs()
+        for step in (threading._shutdown, atexit._run_exitfuncs):  # type: ignore[attr-defined]
+            try:
+                step()
+            except BaseException:  # a signal while threads are joined: stop waiting, not the exit
+                status = _interrupted_status(status)
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing to say

@@ -43,3 +43,39 @@ def test_the_exit_status_is_kept(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == "distfs_pipeline: error: runtime.rounds: must be >= 0 (got -1)"
     assert (tmp_path / "mark.atexit").read_text() == "ran"
+
+
+SIGNAL_DRIVER = """
+import atexit, sys, threading, time
+marks = sys.argv[1]
+threading.Thread(target=time.sleep, args=(30,)).start()  # not a daemon: the exit waits for it
+atexit.register(lambda: open(marks + ".atexit", "w").write("ran"))
+open(marks + ".ready", "w").write("")
+sys.argv = ["distfs-pipeline", "--version"]
+from distfs_pipeline.__main__ import main
+main()
+"""
+
+
+def test_a_signal_while_threads_are_joined_still_runs_atexit(tmp_path: Path) -> None:
+    """A stop request during the exit's wait for threads ends the wait with status 130; it used to
+    skip every atexit handler (logging, the sweep summary's fallback) and keep the old status."""
+    import signal
+    import time
+
+    marks = str(tmp_path / "mark")
+    run = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DRIVER, marks],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "mark.ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # the version is printed and the exit waits for the sleeping thread
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert "distfs_pipeline " in out and err.strip() == "distfs_pipeline: interrupted while exiting"
+    assert (tmp_path / "mark.atexit").read_text() == "ran"
