@@ -44,10 +44,14 @@
   scrub crc32c and ZFS fletcher4. A BLAKE3 per chunk made every steady check hash the window twice
   (the chunks, then the sample). xxh3-64 runs at about 60 GB/s here against 6 GB/s for BLAKE3 and
   27 GB/s for hardware CRC32C (`google-crc32c`, which also copies a memoryview), and misses a
-  changed chunk with probability about 2^-64. It is not a defence against a forger: changing a blob
-  so that its checksums still match also needs its ctime restored (root, and a clock set back), and
-  the full verify, still BLAKE3 by upstream's rule, runs at least every `full_verify_interval_ms`;
-  a mismatch is never a verdict by itself (above).
+  changed chunk with probability about 2^-64. It detects accidents, not a forger: whoever can write
+  under the file system (the block device, a VM image, a SAN or NFS back end, a restored snapshot)
+  changes bytes without changing size, mtime, ctime or inode, and can choose bytes with the same
+  xxh3-64 (it is no second-preimage-resistant hash). Such a writer could as well rewrite this cache
+  (root on the node: no local cache is a MAC against it, and a BLAKE3 per chunk was not either), so
+  the defence is the full verify, BLAKE3 of the whole blob by upstream's rule, at least every
+  `full_verify_interval_ms` (7 days by default; lower it, or use `probe=upstream_full`, where that
+  writer is in the threat model); a mismatch is never a verdict by itself (above).
 
 The chunk cache lives in memory and, if `cache_dir` is set, in one binary file per blob under
 `cache_dir/chunks-<size>/` (never inside the audited store: `make_reader` refuses that), with a FIXED
