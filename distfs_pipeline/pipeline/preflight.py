@@ -310,17 +310,14 @@ def check_sweep(
     """
     confguard.check_hydra_node(cfg)
     _check_output_dir(cfg, "hydra.sweep.dir")
-    _validate_sweep(config_name, overrides, reuse, cfg)
+    _validate_sweep(cfg, config_name, overrides, reuse)
     return _SweepCoverage.complete
 
 
 def _validate_sweep(
-    config_name: str,
-    overrides: list[str],
-    reuse: ReusingConfigLoader | None = None,
-    master: DictConfig | None = None,
+    master: DictConfig, config_name: str, overrides: list[str], reuse: ReusingConfigLoader | None
 ) -> None:
-    """Validate every job (up to `MAX_SWEEP_JOBS`).
+    """Validate every job of the sweep whose base config is `master` (up to `MAX_SWEEP_JOBS`).
 
     Each job is checked as it will run: its number set (`${hydra:job.num}` resolves), its dir,
     state file and caches outside the store, and no state file shared by two jobs: jobs of a
@@ -329,17 +326,14 @@ def _validate_sweep(
     """
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     command_line = _parse_overrides(parser, overrides)
-    params = OmegaConf.select(master, "hydra.sweeper.params") if master is not None else None
-    if params is None and master is None:
-        fixed = [_as_text(o) for o in command_line if not o.is_sweep_override() and not _is_plain_value(o)]
-        params = OmegaConf.select(_compose(config_name, fixed), "hydra.sweeper.params")
-    from_config = [f"{k}={v}" for k, v in (params or {}).items()]
+    params = OmegaConf.select(master, "hydra.sweeper.params") or {}
+    from_config = [f"{k}={v}" for k, v in params.items()]
     every = _parse_overrides(parser, from_config) + command_line
     dimensions = _sweep_dimensions(every)
     enumerable = all(o.is_discrete_sweep() for o in every if o.is_sweep_override())
     _SweepCoverage.complete = enumerable and math.prod(len(d) for d in dimensions) <= MAX_SWEEP_JOBS
     swept_keys = {dim[0].split("=", 1)[0] for dim in dimensions if len(dim) > 1}
-    if reuse is not None and master is not None and _SweepCoverage.complete:
+    if reuse is not None and _SweepCoverage.complete:
         task = [str(o) for o in OmegaConf.to_container(master.hydra.overrides.task, resolve=False)]  # type: ignore[union-attr]
         jobs: Iterator[Sequence[str]] = iter(_launch_order(parser, from_config + task))
 
@@ -378,11 +372,11 @@ def _validate_sweep(
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
 
 
-def _launcher_job_id(master: DictConfig | None, job_cfg: DictConfig, number: int) -> str:
+def _launcher_job_id(master: DictConfig, job_cfg: DictConfig, number: int) -> str:
     """`hydra.job.id` as the sweep's launcher will set it, so `${hydra:job.id}` in a path is checked
     where the job will write (the basic launcher: the number; joblib: `<job name>_<number>`; Ray:
     `job_id_for_<number>`)."""
-    target = None if master is None else launcher_target(master)
+    target = launcher_target(master)
     if target == JOBLIB_LAUNCHER:
         return f"{job_cfg.hydra.job.name}_{number}"
     if target == RAY_LAUNCHER:
