@@ -419,3 +419,18 @@ def test_a_put_never_appends_through_a_planted_index_link(tmp_path: Path) -> Non
     with pytest.raises(Io, match="index"):
         store.put_bytes(b"second blob")
     assert victim.read_bytes() == b"precious\n" and store.index_path.is_symlink()
+
+
+def test_a_link_planted_as_the_snapshot_is_left_alone(tmp_path: Path, monkeypatch) -> None:
+    """The snapshot is rewritten through safefile: a link in its place is neither followed nor
+    replaced (the put stands; the snapshot, a cache, is only not written)."""
+    monkeypatch.setattr(index_module, "_SNAPSHOT_MIN_BYTES", 256)
+    root = tmp_path / "store"
+    store = LocalCasStore(root)
+    store.put_bytes(b"first")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    (root / SNAPSHOT_FILE).symlink_to(victim)
+    hashes = [store.put_bytes(bytes([n]) * 3) for n in range(10)]
+    assert (root / SNAPSHOT_FILE).is_symlink() and victim.read_bytes() == b"not yours"
+    assert set(hashes) <= set(LocalCasStore(root).candidates())

@@ -325,7 +325,6 @@ class MustHoldIndex:
         Like a reader, it starts from the old snapshot if that matches the log (one read of the
         log serves both, so the new snapshot describes exactly the bytes it was made from).
         """
-        tmp = self.root / f"{SNAPSHOT_FILE}.tmp-{os.getpid()}-{time.time_ns()}"
         try:
             log, _ = read_own(self.path, _READ_CAP)
             covered = log.rfind(b"\n") + 1
@@ -333,10 +332,8 @@ class MustHoldIndex:
                 return
             loaded = _parse_log(log, self._load_snapshot(partial(_bytes_line_prefix_digest, log)), covered)
             data = _encode_snapshot(log, covered, loaded.hashes, loaded.damage)
-            write_new_file(tmp, data, "write index snapshot temp")
-            os.replace(tmp, self.snapshot_path)
+            safefile.write_atomic(self.snapshot_path, data, durable=False)  # a link there: refused
         except (OSError, Io) as exc:
-            remove_quietly(tmp)
             _LOG.warning("index snapshot %s not written: %s", self.snapshot_path, exc)
 
     # ------------------------------------------------------------------ internals: reading
