@@ -221,7 +221,13 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
             run_and_report(reraise)  # a failed job: Hydra's one-line report, exit 1 (summary at exit)
         callbacks.on_multirun_end(config=cfg, config_name=config_name)
     stopping.check("during the sweep; the jobs it cut short are marked interrupted")
-    return 0
+    return EXIT_USAGE if _summary_not_written(callbacks) else 0
+
+
+def _summary_not_written(callbacks: Any) -> bool:
+    """Whether a callback could not write what it owns (the sweep summary: it printed why, one
+    line). Hydra turns a callback's exception into a warning, so it is asked here instead."""
+    return any(getattr(callback, "not_written", None) for callback in callbacks.callbacks)
 
 
 class _SweepStart:

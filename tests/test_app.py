@@ -141,6 +141,67 @@ def test_a_multirun_job_failing_at_run_time_fails_alone(tmp_path: Path, cache_ho
     assert summary_of(sweep_dir / str(by_status["completed"]["job"]))["rounds"] == 2
 
 
+@pytest.mark.parametrize("planted", ["sweep_summary.csv", "sweep_summary.png"])
+def test_a_summary_file_that_cannot_be_written_fails_the_sweep(
+    tmp_path: Path, cache_home: Path, planted: str
+) -> None:
+    """A link planted at a summary file of a shared sweep dir is refused (never followed), the
+    other files and the table still come out, and the sweep says so and exits 2: a summary that
+    silently went missing (Hydra only warns about a failing callback, then exits 0) would let a
+    script take an old file for this sweep's result."""
+    sweep_dir = tmp_path / "m"
+    sweep_dir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    (sweep_dir / planted).symlink_to(victim)
+    result = run_cli(tmp_path, cache_home, "-m", "runtime.rounds=2,3", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 2, result.stderr
+    assert victim.read_text() == "not yours" and (sweep_dir / planted).is_symlink()
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [
+        f"distfs_pipeline: error: hydra.sweep.dir: sweep summary not written: {sweep_dir / planted}: "
+        "refusing to use it: it is a symbolic link"
+    ]
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert "2 jobs: 2 completed, 0 failed" in result.stdout
+    written = {"sweep_summary.csv", "sweep_summary.json", "sweep_summary.png"} - {planted}
+    assert all((sweep_dir / name).is_file() and not (sweep_dir / name).is_symlink() for name in written)
+
+    again = subprocess.run(  # the summary command: the same refusal, one line, exit 2
+        [sys.executable, "-m", "distfs_pipeline", "sweep", str(sweep_dir)],
+        env=cli_env(cache_home),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+    assert again.stderr.splitlines() == [
+        f"distfs_pipeline: error: SWEEP_DIR: sweep summary not written: {sweep_dir / planted}: "
+        "refusing to use it: it is a symbolic link"
+    ]
+    assert victim.read_text() == "not yours" and "2 jobs: 2 completed" in again.stdout
+
+
+def test_a_job_result_that_cannot_be_written_fails_that_job(tmp_path: Path, cache_home: Path) -> None:
+    """A link planted at a job's `result.json` is refused; the job then counts as failed (exit 1,
+    one line) instead of vanishing from the summary, and the other job is summarized."""
+    sweep_dir = tmp_path / "m"
+    (sweep_dir / "0").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("not yours")
+    (sweep_dir / "0" / "result.json").symlink_to(victim)
+    result = run_cli(tmp_path, cache_home, "-m", "runtime.rounds=2,3", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 1, result.stderr
+    assert victim.read_text() == "not yours"
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert f"job result not written: {sweep_dir / '0' / 'result.json'}: refusing" in result.stderr
+    rows = json.loads((sweep_dir / "sweep_summary.json").read_text())["rows"]
+    assert sorted((row["job_dir"], row["status"]) for row in rows) == [("0", "failed"), ("1", "completed")]
+    failed = next(row for row in rows if row["job_dir"] == "0")
+    assert failed["error"].startswith("result.json not readable: ") and "symbolic link" in failed["error"]
+
+
 def test_an_os_error_on_our_own_files_is_one_line_exit_2(tmp_path: Path, cache_home: Path) -> None:
     state = tmp_path / "state.json"
     (tmp_path / "r" / "rounds.jsonl").mkdir(parents=True)  # the round log cannot be opened

@@ -311,6 +311,30 @@ def test_a_censored_latency_is_printed_as_a_lower_bound() -> None:
     assert "recovery   - (nothing to measure)" in text
 
 
+@pytest.mark.parametrize("kind", ["dangling link", "link", "directory", "not JSON"])
+def test_a_job_record_that_cannot_be_read_is_a_failed_row(tmp_path: Path, kind: str) -> None:
+    """A job dir whose `result.json` is refused or damaged is listed as failed with why; it is
+    never left out of the summary (the count of jobs would then quietly shrink)."""
+    make_sweep(tmp_path)
+    record = tmp_path / "6" / sweep.RESULT_FILE
+    record.parent.mkdir()
+    victim = tmp_path.parent / f"{tmp_path.name}-victim"
+    if kind == "link":
+        victim.write_text('{"status": "completed"}')
+    if kind in ("link", "dangling link"):
+        record.symlink_to(victim)
+    elif kind == "directory":
+        record.mkdir()
+    else:
+        record.write_text("{not json")
+    rows = sweep.write_summary(tmp_path, plot=False)
+    assert len(rows) == 7
+    row = next(r for r in rows if r["job_dir"] == "6")
+    assert row["status"] == "failed" and row["error"].startswith("result.json ")
+    expected = {"link": "symbolic link", "dangling link": "symbolic link", "directory": "directory"}
+    assert expected.get(kind, "not JSON") in row["error"]
+
+
 def test_plot_refuses_a_link_planted_at_the_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """matplotlib's own `savefig(path)` opens the path with O_TRUNC and follows a link: a link planted
     in a shared sweep dir would let a root run overwrite any file. The PNG goes through safefile."""
@@ -318,8 +342,8 @@ def test_plot_refuses_a_link_planted_at_the_png(tmp_path: Path, capsys: pytest.C
     victim = tmp_path.parent / f"{tmp_path.name}-victim"
     victim.write_text("not yours")
     (tmp_path / sweep.SUMMARY_PNG).symlink_to(victim)
-    rows = sweep.write_summary(tmp_path)  # one line on stderr; the table and the other files stand
+    with pytest.raises(sweep.SummaryNotWritten, match=r"sweep_summary\.png: .*symbolic link") as caught:
+        sweep.write_summary(tmp_path)  # the other files are still written, then the refusal is raised
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("hydra.sweep.dir: ")
     assert victim.read_text() == "not yours"
-    assert len(rows) == 6 and (tmp_path / sweep.SUMMARY_CSV).is_file()
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sweep plot not written" in err and "symbolic link" in err
+    assert (tmp_path / sweep.SUMMARY_CSV).is_file() and (tmp_path / sweep.SUMMARY_JSON).is_file()

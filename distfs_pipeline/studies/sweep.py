@@ -19,11 +19,13 @@ so the driver writes it from an `atexit` hook in that case (exactly once either 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import io
 import math
+import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from distfs_pipeline.core import safefile
+from distfs_pipeline.core.errors import UsageError
 from distfs_pipeline.ops.args import OneLineArgumentParser
-from distfs_pipeline.studies.results import RESULT_FILE, job_identity, read_json, write_json_atomic
+from distfs_pipeline.studies.results import READ_CAP, RESULT_FILE, job_identity, read_json, write_json_atomic
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
@@ -112,6 +115,11 @@ def _audit_metrics(job_dir: Path) -> dict[str, Any]:
     return {column: summary[key] for key, column in _AUDIT_METRICS.items() if key in summary}
 
 
+class ResultNotWritten(CompactHydraException):
+    """A job's `result.json` could not be written: the job counts as failed (Hydra reports a
+    callback's exception only as a warning, so the job's return says it instead)."""
+
+
 class SweepSummary(Callback):
     """Hydra callback: per-job `result.json`, and the sweep summary files and plot at the end."""
 
@@ -119,6 +127,7 @@ class SweepSummary(Callback):
         self.plot = plot
         self.print_table = print_table
         self._pending: Path | None = None
+        self.not_written: str | None = None  # what the last `write` could not write (one line)
 
     # -- in the job's process (local, joblib worker, Ray worker, SLURM node)
 
@@ -127,7 +136,8 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         job_dir = Path(config.hydra.runtime.output_dir)
-        write_json_atomic(job_dir / RESULT_FILE, {**job_identity(config.hydra), "status": "running"})
+        with contextlib.suppress(OSError):  # refused again at the end, which fails the job (below)
+            write_json_atomic(job_dir / RESULT_FILE, {**job_identity(config.hydra), "status": "running"})
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Record the outcome next to whatever the job itself wrote (a study's metrics)."""
@@ -138,7 +148,14 @@ class SweepSummary(Callback):
         record.update(job_identity(config.hydra))
         if not record.get("metrics") and record["status"] == "completed":
             record["metrics"] = _audit_metrics(job_dir)
-        write_json_atomic(job_dir / RESULT_FILE, record)
+        try:
+            write_json_atomic(job_dir / RESULT_FILE, record)
+        except OSError as err:  # a link planted in a shared sweep dir, a full disk
+            if job_return.status == JobStatus.COMPLETED:  # the launcher and the driver see it failed
+                job_return.status = JobStatus.FAILED
+                job_return._return_value = ResultNotWritten(
+                    f"hydra.sweep.dir: job result not written: {safefile.describe(err)}"
+                )
 
     # -- in the driver
 
@@ -159,10 +176,18 @@ class SweepSummary(Callback):
             self.write(sweep_dir)
 
     def write(self, sweep_dir: Path) -> list[dict[str, Any]]:
-        """Write the summary files (and plot) for `sweep_dir`; returns the rows."""
-        rows = write_summary(sweep_dir, plot=self.plot)
+        """Write the summary files (and plot) for `sweep_dir`, print the table; returns the rows.
+
+        Never raises (Hydra would turn it into a warning and exit 0): a file that could not be
+        written is one line on stderr and kept in `not_written`, which the driver turns into its
+        exit status (see `app._multirun`)."""
+        rows = summary_rows(sweep_dir)
+        missing = write_summary_files(sweep_dir, rows, plot=self.plot)
         if self.print_table:
             print(format_table(rows), flush=True)
+        if missing:
+            self.not_written = not_written_message(missing)
+            print(f"distfs_pipeline: error: {self.not_written}", file=sys.stderr, flush=True)
         return rows
 
 
@@ -172,13 +197,25 @@ class SweepSummary(Callback):
 def collect_records(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(job dir, record) of every job under `sweep_dir`, in job order."""
     found = []
-    for path in sweep_dir.rglob(RESULT_FILE):
-        if any(part.startswith(".") for part in path.relative_to(sweep_dir).parts[:-1]):
-            continue
-        record = read_json(path)
-        if record is not None:
-            found.append((path.parent, record))
+    for top, dirs, _files in os.walk(sweep_dir):  # links to dirs are not entered; dangling ones listed
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != RESULT_FILE)  # .hydra/
+        if os.path.lexists(os.path.join(top, RESULT_FILE)):
+            found.append((Path(top), _read_record(Path(top) / RESULT_FILE)))
     return sorted(found, key=lambda item: (_job_number(item[1]), str(item[0])))
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A job's record; one that cannot be read (refused, damaged) is a failed job saying why,
+    never a job left out of the summary."""
+    try:
+        record = safefile.loads_strict(safefile.read_capped(path, READ_CAP))
+    except OSError as err:
+        return {"status": "failed", "error": f"{RESULT_FILE} not readable: {safefile.describe(err)}"}
+    except ValueError as err:
+        return {"status": "failed", "error": f"{RESULT_FILE} is not JSON: {err}"}
+    if not isinstance(record, dict):
+        return {"status": "failed", "error": f"{RESULT_FILE} is not a JSON object"}
+    return record
 
 
 def _job_number(record: Mapping[str, Any]) -> float:
@@ -261,39 +298,69 @@ def label(row: Mapping[str, Any], varying: set[str]) -> str:
         for item in str(row["overrides"]).split()
         if item.partition("=")[0] in varying and item.partition("=")[0] != "scenario"
     ]
-    return " ".join(items) or f"job {row['job']}"
+    return " ".join(items) or f"job {row['job'] if row['job'] is not None else row['job_dir']}"
+
+
+class SummaryNotWritten(UsageError):
+    """Some of a sweep's summary files could not be written (the others were)."""
 
 
 def write_summary(sweep_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]:
-    """Aggregate every job's `result.json` under `sweep_dir` into the CSV, JSON and PNG."""
+    """Aggregate every job's `result.json` under `sweep_dir` into the CSV, JSON and PNG.
+
+    Every file is attempted; if any could not be written (a link or FIFO planted in a shared sweep
+    dir is refused, a full disk), `SummaryNotWritten` names each one after the others are written.
+    """
+    rows = summary_rows(sweep_dir)
+    missing = write_summary_files(sweep_dir, rows, plot=plot)
+    if missing:
+        raise SummaryNotWritten(not_written_message(missing))
+    return rows
+
+
+def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job under `sweep_dir` (job order), each scenario's Pareto fronts marked."""
     rows = [to_row(job_dir.relative_to(sweep_dir), record) for job_dir, record in collect_records(sweep_dir)]
     mark_fronts(rows)
+    return rows
+
+
+def write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], *, plot: bool) -> list[str]:
+    """Write the CSV, the JSON and (with `plot`) the PNG; returns why each one not written was not."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     columns = [*ID_COLUMNS, *METRIC_COLUMNS, *FRONT_COLUMNS, "error", "job_dir"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
-    _write_text_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
     failed = [r for r in rows if r["status"] != "completed"]
     interrupted = sum(1 for r in rows if r["status"] == INTERRUPTED)
-    write_json_atomic(
-        sweep_dir / SUMMARY_JSON,
-        {
-            "sweep_dir": str(sweep_dir),
-            "jobs": len(rows),
-            "completed": len(rows) - len(failed),
-            "failed": len(failed) - interrupted,
-            "interrupted": interrupted,
-            "rows": rows,
-        },
-    )
+    document = {
+        "sweep_dir": str(sweep_dir),
+        "jobs": len(rows),
+        "completed": len(rows) - len(failed),
+        "failed": len(failed) - interrupted,
+        "interrupted": interrupted,
+        "rows": rows,
+    }
+    writes: list[tuple[str, Callable[[], Any]]] = [
+        (SUMMARY_CSV, lambda: _write_text_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())),
+        (SUMMARY_JSON, lambda: write_json_atomic(sweep_dir / SUMMARY_JSON, document)),
+    ]
     if plot:
+        writes.append((SUMMARY_PNG, lambda: plot_summary(rows, sweep_dir / SUMMARY_PNG)))
+    missing = []
+    for name, write in writes:
         try:
-            plot_summary(rows, sweep_dir / SUMMARY_PNG)
-        except OSError as err:  # a link planted at the PNG, a full disk: the table and files stand
-            print(f"distfs_pipeline: sweep plot not written: {safefile.describe(err)}", file=sys.stderr)
-    return rows
+            write()
+        except OSError as err:  # refused (a planted link or FIFO) or failed (a full disk)
+            missing.append(safefile.describe(err) if err.filename else f"{sweep_dir / name}: {err}")
+    return missing
+
+
+def not_written_message(missing: Sequence[str], source: str = "hydra.sweep.dir") -> str:
+    """One line naming the setting that chose the dir and each file not written, with why."""
+    return f"{source}: sweep summary not written: " + "; ".join(missing)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -726,8 +793,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
-    rows = write_summary(args.sweep_dir, plot=not args.no_plot)
+    rows = summary_rows(args.sweep_dir)
+    missing = write_summary_files(args.sweep_dir, rows, plot=not args.no_plot)
     print(format_table(rows))
+    if missing:
+        print(f"distfs_pipeline: error: {not_written_message(missing, 'SWEEP_DIR')}", file=sys.stderr)
+        return 2
     if args.by:
         print()
         print(format_groups(group_means(rows, args.by), args.by))
