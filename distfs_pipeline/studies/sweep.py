@@ -377,6 +377,9 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 # Where a job number may go around its point (offset points), tried in turn until one is free.
 _LABEL_OFFSETS = ((5, 4), (5, -11), (-14, 4), (-14, -11), (0, 10), (0, -16), (10, -3), (-20, -3))
 CENSORED_GID = "censored"
+# The legend's arrow up, as a polygon marker: a mathtext marker ("$\\uparrow$") would cost the
+# first parse of matplotlib's math grammar, about 90 ms of a sweep's serial end (measured here).
+_UP_ARROW = [(-0.1, -1.0), (0.1, -1.0), (0.1, 0.25), (0.45, 0.25), (0.0, 1.0), (-0.45, 0.25), (-0.1, 0.25)]
 _HEATMAP_MAX_COLUMNS = 10
 HEATMAP_GID = "objective-heatmap"
 CENSORED_LABEL = "not noticed within the window (a lower bound)"
@@ -471,7 +474,7 @@ def _study_figure(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
     handles += [Line2D([], [], color="gray", marker=m, linestyle="", label=t) for t, m in markers.items()]
     handles.append(Line2D([], [], color="gray", marker="o", mfc="none", ms=11, ls="--", label="Pareto front"))
     handles.append(
-        Line2D([], [], color="gray", marker=r"$\uparrow$", ms=10, ls="", label=_wrap(CENSORED_LABEL, 22))
+        Line2D([], [], color="gray", marker=_UP_ARROW, ms=10, ls="", label=_wrap(CENSORED_LABEL, 22))
     )
     fig.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(0.845, 1 - 0.8 / height), fontsize=8, frameon=False
