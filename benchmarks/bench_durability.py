@@ -13,6 +13,12 @@ line "sequential bound"); `pipelined` overlaps the sync with the next round's CP
 max(floor, CPU), and how close it gets is the overlap the machine allows (on a small VM, CPU that
 runs while an fdatasync is in flight is slowed by the interrupts and kernel work of that sync).
 
+The target is issue 11's: the app per round within 1.2x of the floor, by group commit (the way the
+issue names: one fdatasync for many rounds, as SQLite's WAL and PostgreSQL's commit delay do), i.e.
+`durability=interval`, whose power-loss window is stated. The per-round modes are printed beside it
+as what per-round power-loss durability costs on top; `round` cannot reach 1.2x by construction
+(it waits for each sync, so it pays floor + CPU), and `pipelined` only where the overlap is clean.
+
 Run: `python benchmarks/bench_durability.py [--rounds N] [--repeat N]` (exit 1 when the target is
 missed). Uses a temp dir under $TMPDIR (set it to the file system you care about).
 """
@@ -124,9 +130,10 @@ def main() -> int:
     syncer.close()
     for name, value in rows:
         print(f"  {name:<28} {value * 1e6:10.1f} us   {value / floor:6.2f}x floor")
-    strict, pipelined = best["round"] / floor, best["pipelined"] / floor
-    print(f"durability=round vs floor: {strict:.2f}x; pipelined: {pipelined:.2f}x (target <= {TARGET}x)")
-    return 0 if min(strict, pipelined) <= TARGET else 1
+    group, strict, pipelined = (best[mode] / floor for mode in ("interval", "round", "pipelined"))
+    print(f"group commit (durability=interval) vs floor: {group:.2f}x (target <= {TARGET}x)")
+    print(f"per-round power-loss durability: pipelined {pipelined:.2f}x, round {strict:.2f}x")
+    return 0 if group <= TARGET else 1
 
 
 if __name__ == "__main__":

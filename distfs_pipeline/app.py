@@ -219,6 +219,7 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
                 raise failure
 
             run_and_report(reraise)  # a failed job: Hydra's one-line report, exit 1 (summary at exit)
+        start.finish()
         callbacks.on_multirun_end(config=cfg, config_name=config_name)
     stopping.check("during the sweep; the jobs it cut short are marked interrupted")
     return EXIT_USAGE if _summary_not_written(callbacks) else 0
@@ -254,6 +255,11 @@ class _SweepStart:
     def abandon(self) -> None:
         if self._warmup is not None:
             self._warmup.abandon()
+
+    def finish(self) -> None:
+        """Every job is done: joblib's workers may exit while the summary is written."""
+        if self._target == launching.JOBLIB_LAUNCHER:
+            launching.release_workers()
 
     def adopt(self, sweeper: Any, every_job_checked: bool) -> None:
         """Hand the checked configs to the sweeper's launcher (only when every job was checked)."""

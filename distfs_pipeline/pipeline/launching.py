@@ -143,6 +143,21 @@ class WorkerWarmup:
         get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
+def release_workers() -> None:
+    """The sweep's jobs are done: tell the joblib workers to exit now, so that they wind down while
+    the driver writes the summary, not after it (a worker's exit takes about 0.25 s of a sweep's
+    end, measured here, and loky's exit hook would wait for it). Only an optimization: any error
+    leaves the workers to that hook."""
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = reusable_executor._executor
+        if executor is not None:
+            executor.shutdown(wait=False)
+    except Exception:
+        return
+
+
 def launch_precomposed(
     launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> Sequence[JobReturn]:
