@@ -42,6 +42,7 @@ from distfs_pipeline.persist.state import describe_os_error
 from distfs_pipeline.pipeline import (
     confguard,
     config,  # noqa: F401  (importing registers the structured-config schema)
+    hydra_files,
     launching,
     logs,
     preflight,
@@ -197,6 +198,7 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
         sweeper = Plugins.instance().instantiate_sweeper(
             config=cfg, hydra_context=context, task_function=_job
         )
+        hydra_files.guard_sweeper(sweeper)
         start.adopt(sweeper, every_job_checked)
         task_overrides = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)
         assert isinstance(task_overrides, list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +312,9 @@ def test_a_censored_latency_is_printed_as_a_lower_bound() -> None:
     assert "recovery   - (nothing to measure)" in text
 
 
-@pytest.mark.parametrize("kind", ["dangling link", "link", "directory", "not JSON"])
+@pytest.mark.parametrize(
+    "kind", ["dangling link", "link", "directory", "not JSON", "metrics list", "overrides int", "job str"]
+)
 def test_a_job_record_that_cannot_be_read_is_a_failed_row(tmp_path: Path, kind: str) -> None:
     """A job dir whose `result.json` is refused or damaged is listed as failed with why; it is
     never left out of the summary (the count of jobs would then quietly shrink)."""
@@ -325,14 +328,29 @@ def test_a_job_record_that_cannot_be_read_is_a_failed_row(tmp_path: Path, kind: 
         record.symlink_to(victim)
     elif kind == "directory":
         record.mkdir()
-    else:
+    elif kind == "not JSON":
         record.write_text("{not json")
+    else:
+        bad = {"metrics list": '"metrics": [1]', "overrides int": '"overrides": 5', "job str": '"job": "0"'}
+        record.write_text('{"status": "completed", ' + bad[kind] + "}")
     rows = sweep.write_summary(tmp_path, plot=False)
     assert len(rows) == 7
     row = next(r for r in rows if r["job_dir"] == "6")
-    assert row["status"] == "failed" and row["error"].startswith("result.json ")
+    assert row["status"] == "failed" and row["error"].startswith("result.json")
     expected = {"link": "symbolic link", "dangling link": "symbolic link", "directory": "directory"}
-    assert expected.get(kind, "not JSON") in row["error"]
+    assert expected.get(kind, "not JSON" if kind == "not JSON" else "wrong type") in row["error"]
+
+
+def test_a_deep_tree_in_the_sweep_dir_is_not_a_crash(tmp_path: Path) -> None:
+    """Job dirs sit right below the sweep dir; a planted tree 1,500 levels deep (os.walk recursed
+    until RecursionError) is not searched past a few levels."""
+    make_sweep(tmp_path)
+    deep = tmp_path / "a"
+    deep.mkdir()
+    for _ in range(1500):
+        deep = Path(os.path.join(deep, "a"))
+        os.mkdir(deep)
+    assert len(sweep.write_summary(tmp_path, plot=False)) == 6
 
 
 def test_plot_refuses_a_link_planted_at_the_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -171,6 +171,13 @@ def check_replaceable(path: Path) -> None:
         raise _refuse(path, f"it is {_kind(st.st_mode)}")
 
 
+def check_real_dir(path: Path | str) -> None:
+    """`path` is a directory itself, not a link to one (a link is refused, never followed)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(path, f"it is {_kind(st.st_mode)}")
+
+
 def write_atomic(path: Path | str, data: bytes, *, durable: bool = True, mode: int = 0o644) -> None:
     """Replace `path` with `data`: readers see the old or the new content, never a mix.
 

@@ -35,6 +35,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distfs_pipeline.core.errors import UsageError
+from distfs_pipeline.pipeline import hydra_files
+
+# Hydra's own files are written without following links, in the driver and in every worker (which
+# imports this module, or the app that imports it, before its first job): see `hydra_files`.
+hydra_files.install()
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"

@@ -52,6 +52,7 @@ from distfs_pipeline.core.errors import UsageError
 from distfs_pipeline.pipeline import (
     confguard,
     config,  # noqa: F401  (importing registers the structured-config schema)
+    hydra_files,
     resolvers,  # noqa: F401  (importing registers ${distfs_run_id:}, which hydra.run.dir uses)
 )
 from distfs_pipeline.pipeline.launching import (
@@ -166,6 +167,7 @@ def prepare_job(
     HydraConfig.instance().set_config(cfg)
     settings = settings_from_cfg(cfg)
     check_job_files(settings, Path(os.path.abspath(run_dir)), job_dir_key)
+    hydra_files.check_before_run(Path(os.path.abspath(run_dir)), None, cfg.hydra.output_subdir, job_dir_key)
     return settings
 
 
@@ -232,6 +234,17 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
     if blocker is not None and not blocker.is_dir():
         where = "is" if blocker == path else f"is inside {blocker}, which is"
         raise UsageError(f"{key}: {path} {where} not a directory")
+
+
+def _check_sweep_file(cfg: DictConfig) -> None:
+    """The sweeper's `multirun.yaml`: nothing planted at it (skipped when the dir resolves only in
+    a job; the write checks again)."""
+    try:
+        value = OmegaConf.select(cfg, "hydra.sweep.dir")
+    except Exception:
+        return
+    if isinstance(value, str) and value:
+        hydra_files.check_sweep_file(Path(value).absolute(), "hydra.sweep.dir")
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -310,6 +323,7 @@ def check_sweep(
     """
     confguard.check_hydra_node(cfg)
     _check_output_dir(cfg, "hydra.sweep.dir")
+    _check_sweep_file(cfg)
     _validate_sweep(cfg, config_name, overrides, reuse)
     return _SweepCoverage.complete
 
@@ -410,7 +424,11 @@ def _job_state_path(job_cfg: DictConfig) -> Path:
         job_cfg.hydra.runtime.output_dir = os.path.abspath(job_dir)
     HydraConfig.instance().set_config(job_cfg)
     settings = settings_from_cfg(job_cfg)
-    return check_job_files(settings, Path(os.path.abspath(job_dir)), "hydra.sweep.dir")
+    state = check_job_files(settings, Path(os.path.abspath(job_dir)), "hydra.sweep.dir")
+    sweep_dir = Path(os.path.abspath(str(job_cfg.hydra.sweep.dir)))
+    subdir = job_cfg.hydra.output_subdir
+    hydra_files.check_before_run(Path(os.path.abspath(job_dir)), sweep_dir, subdir, "hydra.sweep.dir")
+    return state
 
 
 def _as_text(override: Override) -> str:

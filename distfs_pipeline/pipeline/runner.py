@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -466,11 +467,14 @@ def _run_dir_lock(run_dir: Path) -> Iterator[None]:
     """An exclusive `flock` on the run dir itself for the run: two runs never share its files.
 
     Taken on the directory (no file of ours to plant or leave behind); dropped by the kernel when
-    the run dies.
+    the run dies. A link planted in place of the run dir is refused, not followed: the run's files
+    would land wherever it points.
     """
     try:
-        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UsageError(f"run dir {run_dir}: refusing to use it: it is a symbolic link") from None
         raise UsageError(f"run dir {run_dir}: cannot open: {err.strerror}") from None
     try:
         try:

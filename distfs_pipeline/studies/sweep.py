@@ -44,6 +44,7 @@ SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_PNG = "sweep_summary.png"
 INTERRUPTED = "interrupted"
+MAX_JOB_DEPTH = 8  # job dirs are `<sweep dir>/<subdir>`; deeper trees are not searched for jobs
 DIED = "job did not finish: no end was recorded (its worker died or was killed)"
 
 # Columns of the CSV and the printed table, in order; metric columns follow study.StudyMetrics.
@@ -181,9 +182,12 @@ class SweepSummary(Callback):
         Never raises (Hydra would turn it into a warning and exit 0): a file that could not be
         written is one line on stderr and kept in `not_written`, which the driver turns into its
         exit status (see `app._multirun`)."""
-        rows = summary_rows(sweep_dir)
-        missing = write_summary_files(sweep_dir, rows, plot=self.plot)
-        if self.print_table:
+        try:
+            rows = summary_rows(sweep_dir)
+            missing = write_summary_files(sweep_dir, rows, plot=self.plot)
+        except Exception as exc:  # whatever a job dir holds: never a warning and exit 0
+            rows, missing = [], [f"{sweep_dir}: {type(exc).__name__}: {exc}"]
+        if self.print_table and rows:
             print(format_table(rows), flush=True)
         if missing:
             self.not_written = not_written_message(missing)
@@ -197,10 +201,18 @@ class SweepSummary(Callback):
 def collect_records(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(job dir, record) of every job under `sweep_dir`, in job order."""
     found = []
-    for top, dirs, _files in os.walk(sweep_dir):  # links to dirs are not entered; dangling ones listed
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != RESULT_FILE)  # .hydra/
-        if os.path.lexists(os.path.join(top, RESULT_FILE)):
-            found.append((Path(top), _read_record(Path(top) / RESULT_FILE)))
+    pending = [(sweep_dir, 0)]
+    while pending:  # links to dirs are not entered; hidden dirs (.hydra/) are not jobs
+        top, depth = pending.pop()
+        if os.path.lexists(top / RESULT_FILE):
+            found.append((top, _read_record(top / RESULT_FILE)))
+        if depth == MAX_JOB_DEPTH:
+            continue
+        with contextlib.suppress(OSError), os.scandir(top) as entries:
+            for entry in entries:
+                skip = entry.name.startswith(".") or entry.name == RESULT_FILE
+                if not skip and entry.is_dir(follow_symlinks=False):
+                    pending.append((Path(entry.path), depth + 1))
     return sorted(found, key=lambda item: (_job_number(item[1]), str(item[0])))
 
 
@@ -215,7 +227,31 @@ def _read_record(path: Path) -> dict[str, Any]:
         return {"status": "failed", "error": f"{RESULT_FILE} is not JSON: {err}"}
     if not isinstance(record, dict):
         return {"status": "failed", "error": f"{RESULT_FILE} is not a JSON object"}
+    wrong = next((key for key, ok in _RECORD_TYPES.items() if key in record and not ok(record[key])), None)
+    if wrong is not None:
+        return {"status": "failed", "error": f"{RESULT_FILE}: {wrong!r} has the wrong type"}
     return record
+
+
+def _number(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+# What a record's fields must be for a row to be built from it (anything else is a failed row).
+_RECORD_TYPES: dict[str, Callable[[Any], bool]] = {
+    "job": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "status": lambda v: isinstance(v, str),
+    "error": lambda v: v is None or isinstance(v, str),
+    "scenario": lambda v: v is None or isinstance(v, str),
+    "objective": _number,
+    "overrides": lambda v: v is None or (isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "choices": lambda v: (
+        v is None or (isinstance(v, dict) and all(isinstance(i, str | None) for i in v.values()))
+    ),
+    "metrics": lambda v: v is None or (isinstance(v, dict) and all(_number(i) for i in v.values())),
+}
 
 
 def _job_number(record: Mapping[str, Any]) -> float:
@@ -355,6 +391,8 @@ def write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], *, plot: bo
             write()
         except OSError as err:  # refused (a planted link or FIFO) or failed (a full disk)
             missing.append(safefile.describe(err) if err.filename else f"{sweep_dir / name}: {err}")
+        except Exception as exc:  # the plot of values matplotlib cannot draw
+            missing.append(f"{sweep_dir / name}: {type(exc).__name__}: {exc}")
     return missing
 
 
@@ -796,8 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
-    rows = summary_rows(args.sweep_dir)
-    missing = write_summary_files(args.sweep_dir, rows, plot=not args.no_plot)
+    try:
+        rows = summary_rows(args.sweep_dir)
+        missing = write_summary_files(args.sweep_dir, rows, plot=not args.no_plot)
+    except Exception as exc:
+        rows, missing = [], [f"{args.sweep_dir}: {type(exc).__name__}: {exc}"]
     print(format_table(rows))
     if missing:
         print(f"distfs_pipeline: error: {not_written_message(missing, 'SWEEP_DIR')}", file=sys.stderr)

@@ -1,0 +1,161 @@
+"""Hydra's own files are written without following links (see `pipeline/hydra_files.py`).
+
+Hydra writes `.hydra/*.yaml` and a sweep's `multirun.yaml` with `open(path, "w")`: run as root in
+a shared run or sweep dir, a link planted there made it truncate any file (measured before the
+fix: the victim held Hydra's YAML afterwards). These tests plant real links, FIFOs and directories
+and check that the victim is untouched, the run is refused with one line before any job, and the
+write itself refuses what is planted after the pre-flight.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from distfs_pipeline.core import safefile
+from distfs_pipeline.pipeline import hydra_files
+
+ROOT = Path(__file__).resolve().parent.parent
+VICTIM_TEXT = "root's precious file\n"
+
+
+def victim(tmp_path: Path) -> Path:
+    path = tmp_path / "victim"
+    path.write_text(VICTIM_TEXT)
+    return path
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "distfs_pipeline", *args, "runtime.progress=never"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("[HYDRA]")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+# --- the writes themselves (what a link planted after the pre-flight meets) ---------------------
+
+
+def test_save_config_writes_hydras_yaml(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"a": 1, "b": {"c": "x"}})
+    (tmp_path / "job").mkdir()
+    hydra_files.save_config(cfg, "config.yaml", tmp_path / "job" / ".hydra")
+    assert (tmp_path / "job" / ".hydra" / "config.yaml").read_text() == OmegaConf.to_yaml(cfg)
+
+
+@pytest.mark.parametrize("planted", ["file link", "hydra dir link", "job dir link", "fifo"])
+def test_save_config_refuses_what_is_planted(tmp_path: Path, planted: str) -> None:
+    target = victim(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    job = tmp_path / "sweep" / "0"
+    if planted == "job dir link":
+        job.parent.mkdir()
+        job.symlink_to(elsewhere)
+    else:
+        (job / ".hydra").parent.mkdir(parents=True)
+    if planted == "hydra dir link":
+        (job / ".hydra").symlink_to(elsewhere)
+    elif planted in ("file link", "fifo"):
+        (job / ".hydra").mkdir()
+        if planted == "fifo":
+            os.mkfifo(job / ".hydra" / "config.yaml")
+        else:
+            (job / ".hydra" / "config.yaml").symlink_to(target)
+    with pytest.raises(safefile.UnsafeFileError, match="refusing to use it"):
+        hydra_files.save_config(OmegaConf.create({"a": 1}), "config.yaml", job / ".hydra")
+    assert target.read_text() == VICTIM_TEXT and list(elsewhere.iterdir()) == []
+
+
+def test_the_sweeper_save_refuses_a_link_and_writes_the_same_yaml(tmp_path: Path) -> None:
+    safe = hydra_files._SweeperOmegaConf()
+    cfg = OmegaConf.create({"hydra": {"x": 1}, "y": [1, 2]})
+    safe.save(cfg, tmp_path / "multirun.yaml")
+    OmegaConf.save(cfg, tmp_path / "plain.yaml")
+    assert (tmp_path / "multirun.yaml").read_bytes() == (tmp_path / "plain.yaml").read_bytes()
+    target = victim(tmp_path)
+    (tmp_path / "linked.yaml").symlink_to(target)
+    with pytest.raises(safefile.UnsafeFileError):
+        safe.save(cfg, str(tmp_path / "linked.yaml"))
+    assert target.read_text() == VICTIM_TEXT
+    assert safe.to_yaml(cfg) == OmegaConf.to_yaml(cfg)  # everything else is OmegaConf's
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy's, on importing Optuna
+def test_the_guards_are_in_place_where_jobs_run() -> None:
+    """`launching` (imported by the app and by every worker before a job) installs the writer;
+    `guard_sweeper` replaces the global the basic and Optuna sweepers write through."""
+    import hydra.core.utils as hydra_utils
+    from hydra._internal.core_plugins import basic_sweeper
+    from hydra_plugins.hydra_optuna_sweeper import _impl as optuna_impl
+
+    import distfs_pipeline.pipeline.launching  # noqa: F401
+
+    assert hydra_utils._save_config is hydra_files.save_config
+
+    class Wrapper:  # shaped like Optuna's sweeper: the writing code lives in the wrapped impl
+        sweeper = object.__new__(optuna_impl.OptunaSweeperImpl)
+
+    hydra_files.guard_sweeper(object.__new__(basic_sweeper.BasicSweeper))
+    hydra_files.guard_sweeper(Wrapper())
+    assert isinstance(basic_sweeper.OmegaConf, hydra_files._SweeperOmegaConf)
+    assert isinstance(optuna_impl.OmegaConf, hydra_files._SweeperOmegaConf)
+
+
+# --- the app: refused before any job, one line, exit 2 -------------------------------------------
+
+
+def test_a_run_refuses_a_link_at_its_hydra_config(tmp_path: Path) -> None:
+    target = victim(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").symlink_to(target)
+    result = run_cli(tmp_path, "runtime.rounds=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert one_error(result) == (
+        f"distfs_pipeline: error: hydra.run.dir: {run_dir / '.hydra' / 'config.yaml'}: "
+        "refusing to use it: it is a symbolic link"
+    )
+    assert target.read_text() == VICTIM_TEXT and not (run_dir / "probe-state.json").exists()
+
+
+def test_a_run_dir_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "run").symlink_to(elsewhere)
+    result = run_cli(tmp_path, "runtime.rounds=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "it is a symbolic link" in one_error(result)
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("planted", ["multirun.yaml", "1", "1/.hydra", "1/.hydra/overrides.yaml"])
+def test_a_sweep_refuses_what_is_planted_before_any_job(tmp_path: Path, planted: str) -> None:
+    """Planted for the second job too: nothing runs, not even the first job."""
+    target = victim(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sweep_dir = tmp_path / "m"
+    path = sweep_dir / planted
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target if planted.endswith(".yaml") else elsewhere)
+    result = run_cli(tmp_path, "-m", "runtime.rounds=2,3", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 2
+    assert one_error(result).startswith(f"distfs_pipeline: error: hydra.sweep.dir: {path}: refusing")
+    assert target.read_text() == VICTIM_TEXT and list(elsewhere.iterdir()) == []
+    assert not (sweep_dir / "0").exists()  # refused before the first job
