@@ -187,6 +187,9 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
     except UsageError as err:
         start.abandon()
         return _usage(err)
+    except stopping.Interrupted:  # stopped before any job: the workers are not left to exit hooks
+        start.abandon()
+        raise
     start.ready()
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
     _ray_cluster_init(cfg)
@@ -280,6 +283,7 @@ def warm_worker() -> int:
     imported by unpickling the function)."""
     import hydra_plugins.hydra_joblib_launcher._core  # noqa: F401
 
+    stopping.detach_worker()
     import distfs_pipeline.pipeline.runner
     import distfs_pipeline.studies.study
     import distfs_pipeline.studies.sweep  # noqa: F401

@@ -331,6 +331,80 @@ def test_a_signal_stops_the_whole_joblib_multirun(tmp_path: Path, cache_home: Pa
         assert len(records) < 500
 
 
+def start_in_session(cwd: Path, cache_home: Path, *args: str) -> subprocess.Popen[str]:
+    """The CLI as the leader of its own process group: `os.killpg` is then a terminal's Ctrl-C,
+    which reaches every process of the foreground group at once."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "distfs_pipeline", *args],
+        cwd=cwd,
+        env=cli_env(cache_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def loky_workers(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"popen_loky" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.append(int(child))
+    return found
+
+
+def wait_for_workers(proc: subprocess.Popen[str], count: int = 2) -> list[int]:
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(workers := loky_workers(proc.pid)) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, "no joblib workers started"
+        time.sleep(0.005)
+    return workers
+
+
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+
+def test_ctrl_c_while_the_joblib_workers_start_is_one_line(tmp_path: Path, cache_home: Path) -> None:
+    """Ctrl-C lands in every process of the group, the workers too, while they still import: they
+    start with the signals blocked, so there is no `KeyboardInterrupt` traceback from an import."""
+    proc = start_in_session(
+        tmp_path, cache_home, "-m", *JOBLIB, *WALL_JOBS, f"hydra.sweep.dir={tmp_path / 'm'}"
+    )
+    wait_for_workers(proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if not line.startswith("[HYDRA]")]
+    assert len(lines) == 1 and lines[0].startswith("distfs_pipeline: interrupted by SIGINT"), err
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_joblib_jobs_reaches_each_worker_once(
+    tmp_path: Path, cache_home: Path, presses: int
+) -> None:
+    """The workers leave the driver's process group, so a terminal's Ctrl-C reaches them only as
+    the driver's one forwarded copy: once, each running job finishes its round and saves its
+    summary (stopped by SIGINT); twice, everything stops at once. Either way no traceback."""
+    sweep_dir = tmp_path / "m"
+    proc = start_in_session(tmp_path, cache_home, "-m", *JOBLIB, *WALL_JOBS, f"hydra.sweep.dir={sweep_dir}")
+    wait_for_rounds(sweep_dir / "0" / "rounds.jsonl", 2, proc)
+    wait_for_rounds(sweep_dir / "1" / "rounds.jsonl", 2, proc)
+    assert all(os.getpgid(worker) == worker for worker in wait_for_workers(proc))
+    for _ in range(presses):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    if presses == 1:
+        rows = sweep_rows(sweep_dir)
+        assert rows and all(r["status"] == "interrupted" for r in rows), rows
+        for job in ("0", "1"):
+            assert summary_of(sweep_dir / job)["stopped_by"] == "signal SIGINT"
+
+
 # --- stdout closed, run dir full or read-only -----------------------------------------------------
 
 

@@ -345,12 +345,16 @@ def test_a_deep_tree_in_the_sweep_dir_is_not_a_crash(tmp_path: Path) -> None:
     """Job dirs sit right below the sweep dir; a planted tree 1,500 levels deep (os.walk recursed
     until RecursionError) is not searched past a few levels."""
     make_sweep(tmp_path)
-    deep = tmp_path / "a"
-    deep.mkdir()
+    levels = [tmp_path / "a"]
+    levels[0].mkdir()
     for _ in range(1500):
-        deep = Path(os.path.join(deep, "a"))
-        os.mkdir(deep)
-    assert len(sweep.write_summary(tmp_path, plot=False)) == 6
+        levels.append(Path(os.path.join(levels[-1], "a")))
+        os.mkdir(levels[-1])
+    try:
+        assert len(sweep.write_summary(tmp_path, plot=False)) == 6
+    finally:  # bottom up: pytest's own clean-up (shutil.rmtree) recurses and would fail on it
+        for level in reversed(levels):
+            os.rmdir(level)
 
 
 def test_plot_refuses_a_link_planted_at_the_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,7 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distfs_pipeline.core.errors import UsageError
-from distfs_pipeline.pipeline import hydra_files
+from distfs_pipeline.pipeline import hydra_files, stopping
 
 # Hydra's own files are written without following links, in the driver and in every worker (which
 # imports this module, or the app that imports it, before its first job): see `hydra_files`.
@@ -130,6 +130,9 @@ class WorkerWarmup:
         try:
             from joblib import Parallel, delayed
 
+            _start_resource_trackers()  # starting one unblocks SIGINT and SIGTERM in this thread
+            stopping.block_for_workers()  # so workers (and loky's threads) start with them blocked
+
             n_jobs = int(options.get("n_jobs") or 1)
             workers = (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
             Parallel(**options)(delayed(warm)() for _ in range(max(1, workers)))
@@ -161,6 +164,18 @@ def release_workers() -> None:
             executor.shutdown(wait=False)
     except Exception:
         return
+
+
+def _start_resource_trackers() -> None:
+    """Start the resource trackers loky and multiprocessing use, if not yet running. Each one's
+    `ensure_running` blocks SIGINT and SIGTERM around its spawn and then unblocks them in the
+    calling thread, which would undo `stopping.block_for_workers` for the workers started after."""
+    from multiprocessing import resource_tracker as mp_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+    loky_tracker.ensure_running()
+    mp_tracker.ensure_running()
 
 
 def launch_precomposed(
@@ -210,6 +225,7 @@ def execute_precomposed(
     singleton_state: dict[Any, Any],
 ) -> JobReturn:
     """In the worker: the joblib launcher's `execute_job` with the job's config already composed."""
+    stopping.detach_worker()  # if the warm-up did not run in this worker
     setup_globals()
     Singleton.set_state(singleton_state)
     with open_dict(sweep_config):

@@ -40,6 +40,7 @@ class _State:
     requested: str | None = None
     installed = False
     deferred = 0  # > 0: record only (a job is running, or this is a launcher's worker process)
+    worker = False  # a launcher's worker process: between jobs there is nothing to stop at once
 
 
 _state = _State()
@@ -52,10 +53,32 @@ def install(*, record_only: bool = False) -> None:
         return
     if record_only and not _state.installed:
         _state.deferred += 1
+        _state.worker = True
     if not _state.installed:
         for sig in HANDLED:
             signal.signal(sig, _handle)
         _state.installed = True
+    if record_only:  # a launcher's worker starts with them blocked (`block_for_workers`)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+
+def detach_worker() -> None:
+    """In a joblib (loky) worker process (idempotent): leave the driver's process group, so that a
+    terminal's Ctrl-C reaches the driver alone, which passes it on exactly once (`_forward`). In
+    the driver's group a worker got it twice, the terminal's copy and the forwarded one, and took
+    the second for a request to stop at once."""
+    with contextlib.suppress(OSError):
+        if os.getpgid(0) != os.getpid():
+            os.setpgid(0, 0)
+
+
+def block_for_workers() -> None:
+    """Block the three signals in the calling thread, so that the worker processes it starts (and
+    the threads it starts) begin with them blocked: a Ctrl-C while a worker is still importing
+    is then held until its job's record-only handler is in place (`install_in_job`), instead of
+    a `KeyboardInterrupt` traceback from the middle of an import. The driver's main thread keeps
+    them unblocked, so the process still receives them there."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
 
 
 def install_in_job() -> None:
@@ -97,10 +120,12 @@ def reset_for_tests() -> None:
 
 def _handle(signum: int, _frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
+    _forward(signum)  # the second one too: the workers then stop at once as well
     if _state.requested is not None:
+        if _state.worker and _state.deferred <= 1:
+            return  # an idle worker: no job to cut short (raising would only kill the worker)
         raise KeyboardInterrupt  # second signal: stop now
     _state.requested = name
-    _forward(signum)
     if _state.deferred == 0:
         raise Interrupted(f"interrupted by {name} before the run started; nothing was run")
 
