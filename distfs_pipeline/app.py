@@ -148,7 +148,7 @@ def _run(hydra_app: Any, config_name: str, args: Any) -> int:
     callbacks.on_run_start(config=cfg, config_name=config_name)
     context = HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks)
     try:
-        ret = run_job(
+        ret = hydra_files.checked_run_job(run_job)(
             hydra_context=context,
             task_function=_job,
             config=cfg,
@@ -202,6 +202,8 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
             config=cfg, hydra_context=context, task_function=_job
         )
         hydra_files.guard_sweeper(sweeper)
+        for part in (sweeper, getattr(sweeper, "sweeper", None)):  # Optuna's holds its launcher inside
+            hydra_files.guard_launcher(getattr(part, "launcher", None))
         start.adopt(sweeper, every_job_checked)
         task_overrides = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)
         assert isinstance(task_overrides, list)

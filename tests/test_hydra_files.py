@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,137 @@ def test_a_sweep_refuses_what_is_planted_before_any_job(tmp_path: Path, planted:
     assert one_error(result).startswith(f"distfs_pipeline: error: hydra.sweep.dir: {path}: refusing")
     assert target.read_text() == VICTIM_TEXT and list(elsewhere.iterdir()) == []
     assert not (sweep_dir / "0").exists()  # refused before the first job
+
+
+# --- links someone else planted on the way, log files, the sweeper's database -------------------
+
+NOBODY = 65534
+
+
+def foreign_link(link: Path, target: Path) -> Path:
+    """A link as another user would plant it (root can give it away with lchown)."""
+    link.symlink_to(target)
+    os.lchown(link, NOBODY, NOBODY)
+    return link
+
+
+def test_a_link_owned_by_someone_else_on_the_run_dirs_path_is_refused(tmp_path: Path) -> None:
+    """`outputs/<date>` planted as a link in a shared cwd would send the whole run elsewhere; a
+    link of root's own (a user's alias for a data disk) is followed as before."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    foreign_link(tmp_path / "shared", elsewhere)
+    result = run_cli(tmp_path, "runtime.rounds=2", f"hydra.run.dir={tmp_path / 'shared' / 'run'}")
+    assert result.returncode == 2
+    assert one_error(result) == (
+        f"distfs_pipeline: error: hydra.run.dir: {tmp_path / 'shared'}: refusing to use it: "
+        f"it is a symbolic link owned by uid {NOBODY}"
+    )
+    assert list(elsewhere.iterdir()) == []
+    (tmp_path / "alias").symlink_to(elsewhere)  # root's own link
+    result = run_cli(tmp_path, "runtime.rounds=2", f"hydra.run.dir={tmp_path / 'alias' / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert (elsewhere / "run" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo", "hard link"])
+def test_a_job_log_file_that_is_not_a_plain_file_is_refused(tmp_path: Path, planted: str) -> None:
+    """Hydra's default job logging opens `<run dir>/app.log` with `logging.FileHandler`, which
+    follows a link and blocks on a FIFO; a hard link would append to someone else's file."""
+    target = victim(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    log = run_dir / "app.log"
+    if planted == "link":
+        log.symlink_to(target)
+    elif planted == "fifo":
+        os.mkfifo(log)
+    else:
+        os.link(target, log)
+    result = run_cli(tmp_path, "hydra/job_logging=default", "runtime.rounds=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert one_error(result).startswith(f"distfs_pipeline: error: hydra.job_logging: {log}: refusing")
+    assert target.read_text() == VICTIM_TEXT
+
+
+def test_a_plain_job_log_is_written(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(tmp_path, "hydra/job_logging=default", "runtime.rounds=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "app.log").is_file() and not (run_dir / "app.log").is_symlink()
+
+
+def test_a_sweep_dir_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "m").symlink_to(elsewhere)
+    result = run_cli(tmp_path, "-m", "runtime.rounds=2,3", f"hydra.sweep.dir={tmp_path / 'm'}")
+    assert result.returncode == 2 and "it is a symbolic link" in one_error(result)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_optuna_database_is_not_opened_through_a_link(tmp_path: Path) -> None:
+    target = victim(tmp_path)
+    (tmp_path / "study.db").symlink_to(target)
+    result = run_cli(
+        tmp_path,
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.storage=sqlite:///study.db",
+        "hydra.sweeper.n_trials=2",
+        "runtime.rounds=2",
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+    )
+    assert result.returncode == 2
+    assert one_error(result).startswith(
+        f"distfs_pipeline: error: hydra.sweeper.storage: {tmp_path / 'study.db'}"
+    )
+    assert target.read_text() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_job_dir_planted_mid_sweep_is_refused_before_anything_is_made_in_it(
+    tmp_path: Path, launcher: str
+) -> None:
+    """The pre-flight saw nothing; the link appears while the first jobs run. Hydra's `run_job`
+    would `mkdir -p` the job's dir (here `<n>/x`) through it: it is checked before that."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sweep_dir = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "distfs_pipeline", "-m", f"hydra/launcher={launcher}"]
+    command += ["runtime.progress=never", "runtime=wall", "runtime.tick_ms=20", "runtime.rounds=40"]
+    command += [
+        "runtime.node_id=a,b,c,d,e",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra.job.num}/x",
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (sweep_dir / "0" / "x" / "rounds.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    (sweep_dir / "4").symlink_to(elsewhere)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert f"distfs_pipeline: error: hydra.sweep.dir: {sweep_dir / '4'}: refusing to use it" in err
+    assert "Traceback" not in err and list(elsewhere.iterdir()) == []
+
+
+def test_the_path_checks(tmp_path: Path) -> None:
+    target = victim(tmp_path)
+    safefile.check_no_foreign_links(tmp_path / "missing" / "deeper")  # nothing there yet: fine
+    foreign_link(tmp_path / "theirs", tmp_path)
+    with pytest.raises(safefile.UnsafeFileError, match=f"owned by uid {NOBODY}"):
+        safefile.check_no_foreign_links(tmp_path / "theirs" / "x")
+    os.link(target, tmp_path / "hard")
+    with pytest.raises(safefile.UnsafeFileError, match="2 hard links"):
+        safefile.check_single_file(tmp_path / "hard")
+    safefile.check_single_file(tmp_path / "absent")

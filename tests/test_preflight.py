@@ -363,7 +363,10 @@ def test_multirun_runs_every_job_and_a_bad_value_exits_2(tmp_path: Path) -> None
         (["--run", "-m"], "command line: --run and --multirun cannot be combined"),
         (["--info", "searchpath", "--cfg", "job"], "command line: --cfg and --info cannot be combined"),
         (["--resolve", "runtime.rounds=2"], "command line: --resolve needs --cfg"),
-        (["--experimental-rerun", "/nonexistent/config.pickle"], "--experimental-rerun: file not found"),
+        (
+            ["--experimental-rerun", "/nonexistent/config.pickle"],
+            "--experimental-rerun: not supported: it loads a pickle",
+        ),
         (["--info", "policy=nope"], "command line: argument --info/-i: invalid choice: 'policy=nope'"),
     ],
 )

@@ -178,6 +178,34 @@ def check_real_dir(path: Path | str) -> None:
         raise _refuse(path, f"it is {_kind(st.st_mode)}")
 
 
+def check_no_foreign_links(path: Path | str) -> None:
+    """No existing component of `path` is a symbolic link owned by anyone but root or us: such a
+    link lets its owner point our writes anywhere (sudo's and ssh's rule for the paths they
+    trust). A link of root's or ours, e.g. a user's own alias for a data disk, is followed."""
+    trusted = {0, os.geteuid()}
+    full = Path(os.path.abspath(path))
+    for component in (*reversed(full.parents), full):
+        try:
+            st = os.lstat(component)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # the rest does not exist yet: whoever creates it, the writes check again
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in trusted:
+            raise _refuse(component, f"it is a symbolic link owned by uid {st.st_uid}")
+
+
+def check_single_file(path: Path | str) -> None:
+    """`path` is absent, or a regular file with one link (not a link, FIFO, device or hard link
+    to someone else's file): what a file we append to must be."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, f"it is {_kind(st.st_mode)}")
+    if st.st_nlink != 1:
+        raise _refuse(path, f"it has {st.st_nlink} hard links")
+
+
 def write_atomic(path: Path | str, data: bytes, *, durable: bool = True, mode: int = 0o644) -> None:
     """Replace `path` with `data`: readers see the old or the new content, never a mix.
 

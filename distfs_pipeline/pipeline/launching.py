@@ -232,7 +232,7 @@ def execute_precomposed(
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
     HydraConfig.instance().set_config(sweep_config)
-    return run_job(
+    return hydra_files.checked_run_job(run_job)(
         hydra_context=hydra_context,
         config=sweep_config,
         task_function=task_function,

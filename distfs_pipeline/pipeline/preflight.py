@@ -48,6 +48,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from distfs_pipeline.core import safefile
 from distfs_pipeline.core.errors import UsageError
 from distfs_pipeline.pipeline import (
     confguard,
@@ -168,6 +169,7 @@ def prepare_job(
     settings = settings_from_cfg(cfg)
     check_job_files(settings, Path(os.path.abspath(run_dir)), job_dir_key)
     hydra_files.check_before_run(Path(os.path.abspath(run_dir)), None, cfg.hydra.output_subdir, job_dir_key)
+    hydra_files.check_log_files(cfg.hydra.job_logging, "hydra.job_logging")
     return settings
 
 
@@ -200,10 +202,11 @@ def _check_commands(args: argparse.Namespace) -> None:
     """Hydra's own checks of its flags (it raises them with a traceback), as one-line errors."""
     if args.help or args.hydra_help:
         return  # Hydra prints the help and exits before looking at anything else
-    if args.experimental_rerun is not None:
-        if not os.path.isfile(args.experimental_rerun):
-            raise UsageError(f"--experimental-rerun: file not found: {args.experimental_rerun}")
-        return
+    if args.experimental_rerun is not None:  # it unpickles the file: code execution, as root
+        raise UsageError(
+            "--experimental-rerun: not supported: it loads a pickle (which runs whatever code the "
+            "file holds), and this app writes none; rerun a job with its .hydra/overrides.yaml"
+        )
     if args.resolve and args.cfg is None:
         raise UsageError("command line: --resolve needs --cfg (or --help)")
     commands = {
@@ -230,6 +233,10 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
     if not isinstance(value, str) or not value:
         return
     path = Path(value).absolute()
+    try:
+        safefile.check_no_foreign_links(path)  # e.g. outputs/<date> planted as a link in a shared cwd
+    except OSError as err:
+        raise UsageError(f"{key}: {safefile.describe(err)}") from None
     blocker = next((p for p in (path, *path.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         where = "is" if blocker == path else f"is inside {blocker}, which is"
@@ -245,6 +252,24 @@ def _check_sweep_file(cfg: DictConfig) -> None:
         return
     if isinstance(value, str) and value:
         hydra_files.check_sweep_file(Path(value).absolute(), "hydra.sweep.dir")
+
+
+def _check_sweeper_storage(cfg: DictConfig) -> None:
+    """Optuna's `hydra.sweeper.storage=sqlite:///<file>`: SQLite opens (and creates) the file
+    itself, following a link; refuse a link someone else planted on its path, and anything but a
+    plain file at it."""
+    try:
+        storage = OmegaConf.select(cfg, "hydra.sweeper.storage")
+    except Exception:
+        return
+    if not isinstance(storage, str) or not storage.startswith("sqlite:///"):
+        return
+    path = Path(os.path.abspath(storage.removeprefix("sqlite:///")))
+    try:
+        safefile.check_no_foreign_links(path)
+        safefile.check_single_file(path)
+    except OSError as err:
+        raise UsageError(f"hydra.sweeper.storage: {safefile.describe(err)}") from None
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -324,6 +349,7 @@ def check_sweep(
     confguard.check_hydra_node(cfg)
     _check_output_dir(cfg, "hydra.sweep.dir")
     _check_sweep_file(cfg)
+    _check_sweeper_storage(cfg)
     _validate_sweep(cfg, config_name, overrides, reuse)
     return _SweepCoverage.complete
 
@@ -428,6 +454,7 @@ def _job_state_path(job_cfg: DictConfig) -> Path:
     sweep_dir = Path(os.path.abspath(str(job_cfg.hydra.sweep.dir)))
     subdir = job_cfg.hydra.output_subdir
     hydra_files.check_before_run(Path(os.path.abspath(job_dir)), sweep_dir, subdir, "hydra.sweep.dir")
+    hydra_files.check_log_files(job_cfg.hydra.job_logging, "hydra.job_logging")
     return state
 
 

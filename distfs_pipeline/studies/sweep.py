@@ -363,7 +363,11 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], *, plot: bool) -> list[str]:
     """Write the CSV, the JSON and (with `plot`) the PNG; returns why each one not written was not."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a sweep dir swapped for a link mid-sweep: nothing is written through it
+        safefile.check_no_foreign_links(sweep_dir)
+        safefile.check_real_dir(sweep_dir)
+    except OSError as err:
+        return [f"{safefile.describe(err)} (no summary file written)"]
     columns = [*ID_COLUMNS, *METRIC_COLUMNS, *FRONT_COLUMNS, "error", "job_dir"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
