@@ -44,7 +44,8 @@ def run_cli(cwd: Path, cache_home: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
-def start_cli(cwd: Path, cache_home: Path, *args: str) -> subprocess.Popen[str]:
+def start_cli(cwd: Path, cache_home: Path, *args: str, session: bool = False) -> subprocess.Popen[str]:
+    """`session`: the CLI leads its own process group, so `os.killpg` is a terminal's Ctrl-C."""
     return subprocess.Popen(
         [sys.executable, "-m", "distfs_pipeline", *args],
         cwd=cwd,
@@ -52,6 +53,7 @@ def start_cli(cwd: Path, cache_home: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=session,
     )
 
 

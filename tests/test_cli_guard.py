@@ -331,20 +331,6 @@ def test_a_signal_stops_the_whole_joblib_multirun(tmp_path: Path, cache_home: Pa
         assert len(records) < 500
 
 
-def start_in_session(cwd: Path, cache_home: Path, *args: str) -> subprocess.Popen[str]:
-    """The CLI as the leader of its own process group: `os.killpg` is then a terminal's Ctrl-C,
-    which reaches every process of the foreground group at once."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "distfs_pipeline", *args],
-        cwd=cwd,
-        env=cli_env(cache_home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def loky_workers(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -370,8 +356,8 @@ JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
 def test_ctrl_c_while_the_joblib_workers_start_is_one_line(tmp_path: Path, cache_home: Path) -> None:
     """Ctrl-C lands in every process of the group, the workers too, while they still import: they
     start with the signals blocked, so there is no `KeyboardInterrupt` traceback from an import."""
-    proc = start_in_session(
-        tmp_path, cache_home, "-m", *JOBLIB, *WALL_JOBS, f"hydra.sweep.dir={tmp_path / 'm'}"
+    proc = start_cli(
+        tmp_path, cache_home, "-m", *JOBLIB, *WALL_JOBS, f"hydra.sweep.dir={tmp_path / 'm'}", session=True
     )
     wait_for_workers(proc)
     os.killpg(proc.pid, signal.SIGINT)
@@ -389,7 +375,9 @@ def test_ctrl_c_during_joblib_jobs_reaches_each_worker_once(
     the driver's one forwarded copy: once, each running job finishes its round and saves its
     summary (stopped by SIGINT); twice, everything stops at once. Either way no traceback."""
     sweep_dir = tmp_path / "m"
-    proc = start_in_session(tmp_path, cache_home, "-m", *JOBLIB, *WALL_JOBS, f"hydra.sweep.dir={sweep_dir}")
+    proc = start_cli(
+        tmp_path, cache_home, "-m", *JOBLIB, *WALL_JOBS, f"hydra.sweep.dir={sweep_dir}", session=True
+    )
     wait_for_rounds(sweep_dir / "0" / "rounds.jsonl", 2, proc)
     wait_for_rounds(sweep_dir / "1" / "rounds.jsonl", 2, proc)
     assert all(os.getpgid(worker) == worker for worker in wait_for_workers(proc))

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from distfs_pipeline.core import safefile
 from distfs_pipeline.pipeline import hydra_files
+from tests.test_app import run_cli as app_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 VICTIM_TEXT = "root's precious file\n"
@@ -32,16 +33,7 @@ def victim(tmp_path: Path) -> Path:
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "distfs_pipeline", *args, "runtime.progress=never"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return app_cli(cwd, cwd / "cache", *args, "runtime.progress=never")
 
 
 def one_error(result: subprocess.CompletedProcess[str]) -> str:

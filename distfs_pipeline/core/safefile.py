@@ -161,14 +161,19 @@ def create_exclusive(path: Path | str, mode: int = 0o644) -> int:
     return _open_checked(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, single_link=True)
 
 
-def check_replaceable(path: Path) -> None:
-    """Refuse to rename over anything but a regular file: a planted link is never replaced silently."""
+def _regular_or_absent(path: Path | str) -> os.stat_result | None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return None
     if not stat.S_ISREG(st.st_mode):
         raise _refuse(path, f"it is {_kind(st.st_mode)}")
+    return st
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to rename over anything but a regular file: a planted link is never replaced silently."""
+    _regular_or_absent(path)
 
 
 def check_real_dir(path: Path | str) -> None:
@@ -196,13 +201,8 @@ def check_no_foreign_links(path: Path | str) -> None:
 def check_single_file(path: Path | str) -> None:
     """`path` is absent, or a regular file with one link (not a link, FIFO, device or hard link
     to someone else's file): what a file we append to must be."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, f"it is {_kind(st.st_mode)}")
-    if st.st_nlink != 1:
+    st = _regular_or_absent(path)
+    if st is not None and st.st_nlink != 1:
         raise _refuse(path, f"it has {st.st_nlink} hard links")
 
 
