@@ -195,6 +195,10 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
     _ray_cluster_init(cfg)
     with stopping.deferred():  # from here the jobs decide; the driver checks between them
         callbacks = Callbacks(cfg)
+        if every_job_checked:  # the summary lists these jobs, not whatever else lies in the dir
+            for callback in callbacks.callbacks:
+                if hasattr(callback, "expect_jobs"):
+                    callback.expect_jobs(preflight.checked_job_dirs())
         callbacks.on_multirun_start(config=cfg, config_name=config_name)
         loader = start.reuse or hydra_app.config_loader
         context = HydraContext(config_loader=loader, callbacks=callbacks)

@@ -204,6 +204,22 @@ def test_a_job_result_that_cannot_be_written_fails_that_job(tmp_path: Path, cach
     assert failed["error"].startswith("result.json not readable: ") and "symbolic link" in failed["error"]
 
 
+def test_a_record_planted_in_a_shared_sweep_dir_is_no_job_of_the_sweep(
+    tmp_path: Path, cache_home: Path
+) -> None:
+    """Anyone who can write to a shared sweep dir could add `x/result.json` claiming a completed
+    job with great numbers; the summary lists the jobs the driver checked and launched, only."""
+    sweep_dir = tmp_path / "m"
+    (sweep_dir / "x").mkdir(parents=True)
+    fake = {"status": "completed", "job": 0, "metrics": {"checks_spent": 1}, "objective": 0.0}
+    (sweep_dir / "x" / "result.json").write_text(json.dumps(fake))
+    result = run_cli(tmp_path, cache_home, "-m", "runtime.rounds=2,3", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((sweep_dir / "sweep_summary.json").read_text())["rows"]
+    assert sorted(row["job_dir"] for row in rows) == ["0", "1"]
+    assert "2 jobs: 2 completed, 0 failed" in result.stdout
+
+
 def test_an_os_error_on_our_own_files_is_one_line_exit_2(tmp_path: Path, cache_home: Path) -> None:
     state = tmp_path / "state.json"
     (tmp_path / "r" / "rounds.jsonl").mkdir(parents=True)  # the round log cannot be opened

@@ -357,6 +357,21 @@ def test_a_deep_tree_in_the_sweep_dir_is_not_a_crash(tmp_path: Path) -> None:
             os.rmdir(level)
 
 
+def test_the_expected_jobs_are_listed_and_nothing_else(tmp_path: Path) -> None:
+    """With the driver's job dirs: a record elsewhere is ignored, a dir never made (the sweep
+    ended first) is left out, and a started job without a record is a failed row."""
+    make_sweep(tmp_path)
+    (tmp_path / "7").mkdir()  # started, no record
+    expected = [tmp_path / "0", tmp_path / "1", tmp_path / "7", tmp_path / "8"]  # 8 never started
+    rows = sweep.summary_rows(tmp_path, expected)
+    assert [(r["job_dir"], r["status"]) for r in rows] == [
+        ("0", "completed"),
+        ("1", "completed"),
+        ("7", "failed"),
+    ]
+    assert rows[2]["error"].startswith("no result.json")
+
+
 def test_plot_refuses_a_link_planted_at_the_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """matplotlib's own `savefig(path)` opens the path with O_TRUNC and follows a link: a link planted
     in a shared sweep dir would let a root run overwrite any file. The PNG goes through safefile."""

@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from hydra import version
@@ -372,6 +372,7 @@ def _validate_sweep(
     dimensions = _sweep_dimensions(every)
     enumerable = all(o.is_discrete_sweep() for o in every if o.is_sweep_override())
     _SweepCoverage.complete = enumerable and math.prod(len(d) for d in dimensions) <= MAX_SWEEP_JOBS
+    _SweepCoverage.job_dirs = []
     swept_keys = {dim[0].split("=", 1)[0] for dim in dimensions if len(dim) > 1}
     if reuse is not None and _SweepCoverage.complete:
         task = [str(o) for o in OmegaConf.to_container(master.hydra.overrides.task, resolve=False)]  # type: ignore[union-attr]
@@ -435,12 +436,14 @@ def _launch_order(parser: OverridesParser, arguments: list[str]) -> list[list[st
 
 
 class _SweepCoverage:
-    """Whether the last `_validate_sweep` covered every job of the sweep."""
+    """Whether the last `_validate_sweep` covered every job of the sweep, and their dirs."""
 
     complete = False
+    job_dirs: ClassVar[list[Path]] = []
 
 
 def _job_state_path(job_cfg: DictConfig) -> Path:
+    """The job's state file, after checking everything the job will write (and noting its dir)."""
     HydraConfig.instance().set_config(job_cfg)
     try:
         job_dir = os.path.join(str(job_cfg.hydra.sweep.dir), str(job_cfg.hydra.sweep.subdir))
@@ -455,7 +458,14 @@ def _job_state_path(job_cfg: DictConfig) -> Path:
     subdir = job_cfg.hydra.output_subdir
     hydra_files.check_before_run(Path(os.path.abspath(job_dir)), sweep_dir, subdir, "hydra.sweep.dir")
     hydra_files.check_log_files(job_cfg.hydra.job_logging, "hydra.job_logging")
+    _SweepCoverage.job_dirs.append(Path(os.path.abspath(job_dir)))
     return state
+
+
+def checked_job_dirs() -> list[Path]:
+    """The job dirs of the sweep the last `check_sweep` covered whole (else empty): what the sweep
+    summary lists, so that a record planted elsewhere in a shared sweep dir is no job of it."""
+    return list(_SweepCoverage.job_dirs) if _SweepCoverage.complete else []
 
 
 def _as_text(override: Override) -> str:

@@ -129,6 +129,14 @@ class SweepSummary(Callback):
         self.print_table = print_table
         self._pending: Path | None = None
         self.not_written: str | None = None  # what the last `write` could not write (one line)
+        self._expected: list[Path] | None = None
+
+    def expect_jobs(self, job_dirs: Sequence[Path]) -> None:
+        """The driver's list of this sweep's job dirs (from its pre-flight): the summary lists
+        exactly these, so a `result.json` planted in another dir of a shared sweep dir is not
+        taken for a job, and a job dir without a record is a failed row. Without it (a sweep the
+        pre-flight could not enumerate, or the `sweep` command), every record under the dir."""
+        self._expected = list(job_dirs) or None
 
     # -- in the job's process (local, joblib worker, Ray worker, SLURM node)
 
@@ -183,7 +191,7 @@ class SweepSummary(Callback):
         written is one line on stderr and kept in `not_written`, which the driver turns into its
         exit status (see `app._multirun`)."""
         try:
-            rows = summary_rows(sweep_dir)
+            rows = summary_rows(sweep_dir, self._expected)
             missing = write_summary_files(sweep_dir, rows, plot=self.plot)
         except Exception as exc:  # whatever a job dir holds: never a warning and exit 0
             rows, missing = [], [f"{sweep_dir}: {type(exc).__name__}: {exc}"]
@@ -354,11 +362,30 @@ def write_summary(sweep_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]
     return rows
 
 
-def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job under `sweep_dir` (job order), each scenario's Pareto fronts marked."""
-    rows = [to_row(job_dir.relative_to(sweep_dir), record) for job_dir, record in collect_records(sweep_dir)]
+def summary_rows(sweep_dir: Path, job_dirs: Sequence[Path] | None = None) -> list[dict[str, Any]]:
+    """One row per job (job order), each scenario's Pareto fronts marked: the jobs in `job_dirs`
+    that started (their dir exists), or every record under `sweep_dir`."""
+    found = collect_records(sweep_dir) if job_dirs is None else expected_records(job_dirs)
+    rows = [to_row(_relative(job_dir, sweep_dir), record) for job_dir, record in found]
     mark_fronts(rows)
     return rows
+
+
+def expected_records(job_dirs: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(job dir, record) of each of `job_dirs` that exists; one without a record is failed."""
+    found = []
+    for job_dir in job_dirs:
+        if not os.path.lexists(job_dir):
+            continue  # never started (a failed batch or a stop ended the sweep first)
+        if os.path.lexists(job_dir / RESULT_FILE):
+            found.append((job_dir, _read_record(job_dir / RESULT_FILE)))
+        else:
+            found.append((job_dir, {"status": "failed", "error": f"no {RESULT_FILE}: {DIED}"}))
+    return sorted(found, key=lambda item: (_job_number(item[1]), str(item[0])))
+
+
+def _relative(job_dir: Path, sweep_dir: Path) -> Path:
+    return job_dir.relative_to(sweep_dir) if job_dir.is_relative_to(sweep_dir) else job_dir
 
 
 def write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], *, plot: bool) -> list[str]:
