@@ -157,6 +157,7 @@ def test_a_sweep_refuses_what_is_planted_before_any_job(tmp_path: Path, planted:
 # --- links someone else planted on the way, log files, the sweeper's database -------------------
 
 NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's link needs root")
 
 
 def foreign_link(link: Path, target: Path) -> Path:
@@ -166,6 +167,7 @@ def foreign_link(link: Path, target: Path) -> Path:
     return link
 
 
+@as_root
 def test_a_link_owned_by_someone_else_on_the_run_dirs_path_is_refused(tmp_path: Path) -> None:
     """`outputs/<date>` planted as a link in a shared cwd would send the whole run elsewhere; a
     link of root's own (a user's alias for a data disk) is followed as before."""
@@ -276,6 +278,7 @@ def test_a_job_dir_planted_mid_sweep_is_refused_before_anything_is_made_in_it(
     assert "Traceback" not in err and list(elsewhere.iterdir()) == []
 
 
+@as_root
 def test_the_path_checks(tmp_path: Path) -> None:
     target = victim(tmp_path)
     safefile.check_no_foreign_links(tmp_path / "missing" / "deeper")  # nothing there yet: fine
