@@ -281,10 +281,10 @@ def test_a_job_dir_planted_mid_sweep_is_refused_before_anything_is_made_in_it(
 @as_root
 def test_the_path_checks(tmp_path: Path) -> None:
     target = victim(tmp_path)
-    safefile.check_no_foreign_links(tmp_path / "missing" / "deeper")  # nothing there yet: fine
+    safefile.check_trusted_path(tmp_path / "missing" / "deeper")  # nothing there yet: fine
     foreign_link(tmp_path / "theirs", tmp_path)
     with pytest.raises(safefile.UnsafeFileError, match=f"owned by uid {NOBODY}"):
-        safefile.check_no_foreign_links(tmp_path / "theirs" / "x")
+        safefile.check_trusted_path(tmp_path / "theirs" / "x")
     os.link(target, tmp_path / "hard")
     with pytest.raises(safefile.UnsafeFileError, match="2 hard links"):
         safefile.check_single_file(tmp_path / "hard")

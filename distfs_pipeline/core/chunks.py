@@ -771,7 +771,7 @@ class ChunkedReader(_BlobAccess):
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            safefile.make_trusted_dirs(path.parent)
             safefile.write_atomic(path, encode_cache_file(entry), durable=False)
         except (OSError, safefile.UnsafeFileError) as exc:
             # The cache only saves I/O; the verified entry is still used from memory.

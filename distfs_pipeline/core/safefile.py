@@ -183,19 +183,60 @@ def check_real_dir(path: Path | str) -> None:
         raise _refuse(path, f"it is {_kind(st.st_mode)}")
 
 
-def check_no_foreign_links(path: Path | str) -> None:
-    """No existing component of `path` is a symbolic link owned by anyone but root or us: such a
-    link lets its owner point our writes anywhere (sudo's and ssh's rule for the paths they
-    trust). A link of root's or ours, e.g. a user's own alias for a data disk, is followed."""
-    trusted = {0, os.geteuid()}
+def check_trusted_path(path: Path | str) -> None:
+    """No one but root and us can redirect what we write under `path`: every existing component
+    is neither a symbolic link owned by someone else (it could point anywhere its owner likes)
+    nor a directory someone else can change (owned by another user, or writable by group or
+    others without the sticky bit: they could rename our dir away and put a link in its place).
+    This is ssh's StrictModes rule. A link or dir of root's or ours is trusted, e.g. an alias for a
+    data disk, and so is a sticky world-writable dir such as /tmp (others cannot move our
+    entries). The first missing component ends the check: what we create below is ours.
+    """
     full = Path(os.path.abspath(path))
     for component in (*reversed(full.parents), full):
         try:
-            st = os.lstat(component)
+            link = os.lstat(component)
+            st = os.stat(component) if stat.S_ISLNK(link.st_mode) else link
         except (FileNotFoundError, NotADirectoryError):
-            return  # the rest does not exist yet: whoever creates it, the writes check again
-        if stat.S_ISLNK(st.st_mode) and st.st_uid not in trusted:
-            raise _refuse(component, f"it is a symbolic link owned by uid {st.st_uid}")
+            return
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in _trusted_uids():
+            raise _refuse(component, f"it is a symbolic link owned by uid {link.st_uid}")
+        if stat.S_ISDIR(st.st_mode):
+            _check_trusted_dir(component, st)
+
+
+def _trusted_uids() -> set[int]:
+    return {0, os.geteuid()}
+
+
+def _check_trusted_dir(path: Path, st: os.stat_result) -> None:
+    if st.st_uid not in _trusted_uids():
+        raise _refuse(path, f"it is a directory owned by uid {st.st_uid}, who could replace what is in it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        who = "others" if st.st_mode & stat.S_IWOTH else f"group {st.st_gid}"
+        raise _refuse(path, f"{who} can write to this directory (mode {st.st_mode & 0o7777:o}, not sticky)")
+
+
+_TRUSTED_DIRS: set[str] = set()  # dirs made or checked by `make_trusted_dirs` in this process
+
+
+def make_trusted_dirs(directory: Path | str) -> None:
+    """`mkdir -p` that follows no link but a trusted one and creates each missing directory itself
+    (so it is ours): the path must pass `check_trusted_path`, and every component must be, or
+    resolve to, a directory. Remembered once made: below trusted dirs nobody else can change it."""
+    full = Path(os.path.abspath(directory))
+    if str(full) in _TRUSTED_DIRS:
+        return
+    check_trusted_path(full)
+    for component in (*reversed(full.parents), full):
+        if not os.path.lexists(component):
+            with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
+                os.mkdir(component, 0o755)
+        st = os.stat(component)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, "exists but is not a directory", str(component))
+    check_trusted_path(full)  # what was made in the meantime by someone else is refused
+    _TRUSTED_DIRS.add(str(full))
 
 
 def check_single_file(path: Path | str) -> None:

@@ -538,7 +538,7 @@ def _save_persisted_listing(
         )
         hasher = blake3.blake3(fields, max_threads=blake3.blake3.AUTO)
         hasher.update(body)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        safefile.make_trusted_dirs(path.parent)
         safefile.write_atomic(path, fields + hasher.digest() + body, durable=False)
     except (OSError, ValueError, struct.error) as exc:
         shown = safefile.describe(exc) if isinstance(exc, OSError) else exc

@@ -233,9 +233,10 @@ def write_atomic(path: Path, data: bytes, tmp: Path | None = None, what: str = "
 
 
 def make_dirs(directory: Path) -> None:
-    """`mkdir -p`, with a clear error when a component exists but is not a directory."""
+    """`mkdir -p` through trusted dirs only (`safefile.make_trusted_dirs`), with a clear error
+    when a component exists but is not a directory."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        safefile.make_trusted_dirs(directory)
     except (FileExistsError, NotADirectoryError):
         ancestors = (directory, *directory.parents)
         blocker = next((p for p in ancestors if p.exists() and not p.is_dir()), directory)

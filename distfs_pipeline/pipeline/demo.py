@@ -30,14 +30,16 @@ discards its copy. The version marker is written last, so a marker means a compl
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import blake3
 
+from distfs_pipeline.core import safefile
 from distfs_pipeline.core.store import LocalCasStore
 
 DEMO_VERSION = 2
@@ -74,15 +76,16 @@ def default_demo_root() -> Path:
 def ensure_demo_store(root: Path | None = None) -> Path:
     """The demo store at `root` (default `default_demo_root()`), built if not yet complete."""
     root = (root or default_demo_root()).absolute()
+    safefile.make_trusted_dirs(root.parent)  # a cache dir someone else can change: refused
+    if os.path.islink(root):
+        raise safefile.UnsafeFileError(errno.EPERM, "refusing to use it: it is a symbolic link", str(root))
     if (root / MARKER_FILE).is_file():
         return root
     if root.exists():  # an incomplete or foreign leftover under our own name: start over
         shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    scratch = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(scratch)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))  # ours, unguessable
     build_demo_store(scratch)
+    os.chmod(scratch, 0o755)
     try:
         os.rename(scratch, root)
     except OSError:

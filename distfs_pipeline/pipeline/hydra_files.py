@@ -47,7 +47,7 @@ def _guarded_configure_log(configure_log: Any) -> Any:
 
     def guarded(log_config: Any, *args: Any, **kwargs: Any) -> Any:
         for path in log_files(log_config):
-            safefile.check_no_foreign_links(path)
+            safefile.check_trusted_path(path)
             safefile.check_single_file(path)
         return configure_log(log_config, *args, **kwargs)
 
@@ -133,9 +133,9 @@ def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
 
 def check_job_dirs(job_dir: Path, base: Path | None, output_subdir: str | None) -> None:
     """The dirs a job writes into, as `OSError`s: no component of the job dir's path is a link
-    someone else planted (`check_no_foreign_links`); the job dir, each dir between `base` (the
+    someone else planted (`check_trusted_path`); the job dir, each dir between `base` (the
     sweep dir) and it, and its `.hydra/` (`output_subdir`), where they exist, are real dirs."""
-    safefile.check_no_foreign_links(job_dir)
+    safefile.check_trusted_path(job_dir)
     for directory in _own_dirs(job_dir, base, output_subdir):
         if os.path.lexists(directory):
             safefile.check_real_dir(directory)
@@ -212,7 +212,7 @@ def check_log_files(log_config: Any, key: str) -> None:
     `_guarded_configure_log`), as one line naming `key`."""
     try:
         for path in log_files(log_config):
-            safefile.check_no_foreign_links(path)
+            safefile.check_trusted_path(path)
             safefile.check_single_file(path)
     except OSError as err:
         raise UsageError(f"{key}: {safefile.describe(err)}") from None
@@ -231,6 +231,6 @@ def check_sweep_file(sweep_dir: Path, key: str) -> None:
 def check_sweep_dir(sweep_dir: Path) -> None:
     """As an `OSError`: the sweep dir, where it exists, is a real directory, and no component of
     its path is a link someone else planted."""
-    safefile.check_no_foreign_links(sweep_dir)
+    safefile.check_trusted_path(sweep_dir)
     if os.path.lexists(sweep_dir):
         safefile.check_real_dir(sweep_dir)

@@ -195,6 +195,14 @@ def check_job_files(settings: Any, run_dir: Path, dir_key: str) -> Path:
         Path(cache_dir) if cache_dir is not None else None,
         cache_key,
     )
+    textfile = rt.metrics_textfile
+    written = ((state_key, state_path), (cache_key, cache_dir), ("runtime.metrics_textfile", textfile))
+    for key, path in written:
+        try:
+            if path is not None:
+                safefile.check_trusted_path(path)  # a dir someone else can change: refused now
+        except OSError as err:
+            raise UsageError(f"{key}: {safefile.describe(err)}") from None
     return state_path
 
 
@@ -234,7 +242,7 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
         return
     path = Path(value).absolute()
     try:
-        safefile.check_no_foreign_links(path)  # e.g. outputs/<date> planted as a link in a shared cwd
+        safefile.check_trusted_path(path)  # e.g. outputs/<date> planted as a link in a shared cwd
     except OSError as err:
         raise UsageError(f"{key}: {safefile.describe(err)}") from None
     blocker = next((p for p in (path, *path.parents) if p.exists()), None)
@@ -266,7 +274,7 @@ def _check_sweeper_storage(cfg: DictConfig) -> None:
         return
     path = Path(os.path.abspath(storage.removeprefix("sqlite:///")))
     try:
-        safefile.check_no_foreign_links(path)
+        safefile.check_trusted_path(path)
         safefile.check_single_file(path)
     except OSError as err:
         raise UsageError(f"hydra.sweeper.storage: {safefile.describe(err)}") from None

@@ -170,7 +170,9 @@ def _check_cache_dir(settings: Settings) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"probe.chunk_cache_dir: {cache_dir} exists but is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        safefile.make_trusted_dirs(path)
+    except safefile.UnsafeFileError as err:
+        raise UsageError(f"probe.chunk_cache_dir: {safefile.describe(err)}") from None
     except OSError as err:
         raise UsageError(f"probe.chunk_cache_dir: {cache_dir} cannot be created ({err.strerror})") from None
 

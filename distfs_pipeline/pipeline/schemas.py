@@ -189,11 +189,16 @@ def validate_file(path: Path, schema_name: str | None = None) -> list[str]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return [f"{path}: not valid YAML: {' '.join(str(exc).split())}"]
+    except RecursionError:  # the parser recurses per nesting level
+        return [f"{path}: not valid YAML: nested too deeply to read"]
     data = {} if data is None else data
     if not isinstance(data, dict):
         return [f"{path}: must be a mapping of keys, got {type(data).__name__}"]
-    problems = [f"{path}:{line}" for line in _schema_problems(name, data)]
-    return problems or [f"{path}:{line}" for line in _model_problems(name, data)]
+    try:
+        problems = [f"{path}:{line}" for line in _schema_problems(name, data)]
+        return problems or [f"{path}:{line}" for line in _model_problems(name, data)]
+    except RecursionError:  # a value nested deeper than any key of ours can be
+        return [f"{path}: a value is nested too deeply to check (no key of the schema nests so)"]
 
 
 @functools.cache

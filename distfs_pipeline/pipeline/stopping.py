@@ -18,12 +18,14 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_INTERRUPTED = 130
+ORPHAN_POLL_S = 0.5  # how soon a joblib worker whose driver died ends itself
 
 
 class Interrupted(BaseException):
@@ -70,6 +72,20 @@ def detach_worker() -> None:
     with contextlib.suppress(OSError):
         if os.getpgid(0) != os.getpid():
             os.setpgid(0, 0)
+            _exit_with_driver(os.getppid())
+
+
+def _exit_with_driver(driver: int) -> None:
+    """Out of the driver's group, a worker no longer dies with it (a `kill -9` of the driver, or
+    of its group, used to reach it too): a daemon thread ends the worker at once when it is
+    orphaned, like the kill it would have had (the round journal takes a kill at any point)."""
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="distfs-orphan-watch", daemon=True).start()
 
 
 def block_for_workers() -> None:

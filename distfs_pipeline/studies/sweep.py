@@ -391,7 +391,7 @@ def _relative(job_dir: Path, sweep_dir: Path) -> Path:
 def write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], *, plot: bool) -> list[str]:
     """Write the CSV, the JSON and (with `plot`) the PNG; returns why each one not written was not."""
     try:  # a sweep dir swapped for a link mid-sweep: nothing is written through it
-        safefile.check_no_foreign_links(sweep_dir)
+        safefile.check_trusted_path(sweep_dir)
         safefile.check_real_dir(sweep_dir)
     except OSError as err:
         return [f"{safefile.describe(err)} (no summary file written)"]
