@@ -121,15 +121,17 @@ def _validated(
     names the launcher, so they start while each job is checked here (see `_SweepStart`)."""
     multirun = mode == RunMode.MULTIRUN
     overrides = preflight._with_mode(args.overrides, multirun)
-    cfg = preflight.compose_for_run(hydra_app, config_name, overrides, mode)
-    if confguard.has_user_search_path(cfg, args.config_dir):  # what a preset may set, first
-        confguard.check_user_presets(hydra_app.config_loader, config_name, overrides, mode)
-    every_job_checked = False
-    if sweep is not None:
-        sweep.begin(cfg, hydra_app.config_loader)
-        every_job_checked = preflight.check_sweep(cfg, config_name, args.overrides, sweep.reuse)
-    else:
-        preflight.prepare_job(cfg)
+    with stopping.at_safe_points():
+        cfg = preflight.compose_for_run(hydra_app, config_name, overrides, mode)
+        if confguard.has_user_search_path(cfg, args.config_dir):  # what a preset may set, first
+            confguard.check_user_presets(hydra_app.config_loader, config_name, overrides, mode)
+        every_job_checked = False
+        stopping.check(stopping.BEFORE_RUN)
+        if sweep is not None:
+            sweep.begin(cfg, hydra_app.config_loader)
+            every_job_checked = preflight.check_sweep(cfg, config_name, args.overrides, sweep.reuse)
+        else:
+            preflight.prepare_job(cfg)
     logs.set_format(str(OmegaConf.select(cfg, "runtime.log_format", default="text")))
     return cfg, every_job_checked
 

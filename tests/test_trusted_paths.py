@@ -51,12 +51,22 @@ def test_the_rule(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o2775)
-    with pytest.raises(safefile.UnsafeFileError, match=r"group .* can write to this directory"):
+    safefile.check_trusted_path(shared / "run")  # our own group may write (umask 002): fine
+    os.chown(shared, 0, NOBODY)
+    with pytest.raises(safefile.UnsafeFileError, match=rf"group {NOBODY} can write to this directory"):
         safefile.check_trusted_path(shared / "run")
     alias = tmp_path / "alias"
     alias.symlink_to(tmp_path / "theirs")  # root's link to their dir: the dir still counts
     with pytest.raises(safefile.UnsafeFileError, match=f"owned by uid {NOBODY}"):
         safefile.check_trusted_path(alias / "run")
+    inner = tmp_path / "theirs" / "data"  # root's dir inside theirs: they can swap it for a link
+    inner.mkdir()
+    os.chown(inner, 0, 0)
+    (tmp_path / "to-inner").symlink_to(inner)
+    with pytest.raises(safefile.UnsafeFileError, match=f"owned by uid {NOBODY}"):
+        safefile.check_trusted_path(tmp_path / "to-inner" / "run")  # where the link leads counts
+    with pytest.raises(safefile.UnsafeFileError, match=r"climbs with '\.\.'"):
+        safefile.check_trusted_path(tmp_path / "to-inner" / ".." / "run")
 
 
 def test_make_trusted_dirs_makes_our_own_dirs_and_refuses_theirs(tmp_path: Path) -> None:
@@ -89,6 +99,21 @@ def test_a_run_writing_under_someone_elses_dir_is_refused(tmp_path: Path, key: s
     assert result.returncode == 2
     assert one_error(result).startswith(f"distfs_pipeline: error: {key}: {other}: refusing")
     assert list(other.iterdir()) == [] and not run_dir.exists()
+
+
+def test_a_configured_path_that_climbs_through_a_link_is_refused(tmp_path: Path) -> None:
+    """`<their link>/../m.prom` reads as `<dir>/m.prom` but the kernel follows the link first."""
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o700)
+    (root_only / "inside").mkdir()
+    evil = tmp_path / "evil"
+    evil.symlink_to(root_only / "inside")
+    os.lchown(evil, NOBODY, NOBODY)
+    textfile = f"{evil}/../m.prom"
+    args = ["runtime.rounds=2", "runtime.progress=never", f"runtime.metrics_textfile={textfile}"]
+    result = run_cli(tmp_path, tmp_path / "cache-home", *args, f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode == 2 and "climbs with '..'" in one_error(result)
+    assert not (root_only / "m.prom").exists()
 
 
 def test_the_demo_store_is_not_built_in_someone_elses_cache_dir(tmp_path: Path) -> None:
@@ -139,6 +164,26 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_first_run_under_umask_002_is_not_refused(tmp_path: Path) -> None:
+    """Ubuntu's and Fedora's default umask for users makes group-writable dirs (Hydra's own
+    `mkdir -p` of outputs/<date>/...): of our own group, they are fine."""
+    result = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f"umask 002 && exec {sys.executable} -m distfs_pipeline runtime.rounds=2 runtime.progress=never",
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path / "cache-home"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "outputs").glob("*/*/summary.json"))) == 1
 
 
 def test_a_schema_check_of_a_deeply_nested_file_is_one_line(tmp_path: Path) -> None:

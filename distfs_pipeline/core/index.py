@@ -487,7 +487,7 @@ class MustHoldIndex:
         hasher = blake3.blake3(fields, max_threads=blake3.blake3.AUTO)
         hasher.update(body)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            safefile.make_trusted_dirs(path.parent)
             safefile.write_atomic(path, fields + hasher.digest() + body, durable=False)
         except OSError as exc:
             _LOG.warning("index cache write %s failed: %s", path, safefile.describe(exc))

@@ -184,15 +184,29 @@ def check_real_dir(path: Path | str) -> None:
 
 
 def check_trusted_path(path: Path | str) -> None:
-    """No one but root and us can redirect what we write under `path`: every existing component
-    is neither a symbolic link owned by someone else (it could point anywhere its owner likes)
-    nor a directory someone else can change (owned by another user, or writable by group or
-    others without the sticky bit: they could rename our dir away and put a link in its place).
-    This is ssh's StrictModes rule. A link or dir of root's or ours is trusted, e.g. an alias for a
-    data disk, and so is a sticky world-writable dir such as /tmp (others cannot move our
-    entries). The first missing component ends the check: what we create below is ours.
+    """No one but root and us can redirect what we write under `path`: no existing component is
+    a symbolic link owned by someone else (it could point anywhere its owner likes), nor a
+    directory someone else can change (owned by another user, or writable by a group other than
+    ours or by everyone, without the sticky bit: they could rename our dir away and put a link in
+    its place). This is ssh's StrictModes rule. The same holds for where a trusted link leads (its
+    real path is checked too). A path that climbs with `..` is refused: the kernel applies `..`
+    after following links, so it could lead somewhere the check did not look. A link or dir of
+    root's or ours is trusted, e.g. an alias for a data disk, and so is a sticky world-writable
+    dir such as /tmp (others cannot move our entries). The first missing component ends the
+    check: what we create below is ours.
     """
+    if ".." in Path(path).parts:
+        raise _refuse(
+            path, "it climbs with '..', which the kernel applies after following links; give it without"
+        )
     full = Path(os.path.abspath(path))
+    _check_components(full)
+    real = Path(os.path.realpath(full))
+    if real != full:
+        _check_components(real)
+
+
+def _check_components(full: Path) -> None:
     for component in (*reversed(full.parents), full):
         try:
             link = os.lstat(component)
@@ -209,25 +223,28 @@ def _trusted_uids() -> set[int]:
     return {0, os.geteuid()}
 
 
+_FIX = "; use a dir only root (or you) can write, or chmod go-w (or +t) this one"
+
+
 def _check_trusted_dir(path: Path, st: os.stat_result) -> None:
     if st.st_uid not in _trusted_uids():
-        raise _refuse(path, f"it is a directory owned by uid {st.st_uid}, who could replace what is in it")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-        who = "others" if st.st_mode & stat.S_IWOTH else f"group {st.st_gid}"
-        raise _refuse(path, f"{who} can write to this directory (mode {st.st_mode & 0o7777:o}, not sticky)")
-
-
-_TRUSTED_DIRS: set[str] = set()  # dirs made or checked by `make_trusted_dirs` in this process
+        raise _refuse(
+            path, f"it is a directory owned by uid {st.st_uid}, who could replace what is in it{_FIX}"
+        )
+    group_can = st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid())  # our own group: fine
+    if (group_can or st.st_mode & stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        who = "everyone" if st.st_mode & stat.S_IWOTH else f"group {st.st_gid}"
+        raise _refuse(
+            path, f"{who} can write to this directory (mode {st.st_mode & 0o7777:o}, not sticky){_FIX}"
+        )
 
 
 def make_trusted_dirs(directory: Path | str) -> None:
     """`mkdir -p` that follows no link but a trusted one and creates each missing directory itself
-    (so it is ours): the path must pass `check_trusted_path`, and every component must be, or
-    resolve to, a directory. Remembered once made: below trusted dirs nobody else can change it."""
+    (so it is ours, mode 0755): the path must pass `check_trusted_path` before and after, and
+    every component must be, or resolve to, a directory."""
+    check_trusted_path(directory)
     full = Path(os.path.abspath(directory))
-    if str(full) in _TRUSTED_DIRS:
-        return
-    check_trusted_path(full)
     for component in (*reversed(full.parents), full):
         if not os.path.lexists(component):
             with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
@@ -236,7 +253,6 @@ def make_trusted_dirs(directory: Path | str) -> None:
         if not stat.S_ISDIR(st.st_mode):
             raise OSError(errno.ENOTDIR, "exists but is not a directory", str(component))
     check_trusted_path(full)  # what was made in the meantime by someone else is refused
-    _TRUSTED_DIRS.add(str(full))
 
 
 def check_single_file(path: Path | str) -> None:

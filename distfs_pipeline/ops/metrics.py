@@ -289,6 +289,7 @@ class Metrics:
         if not force and now - self._last_write < TEXTFILE_INTERVAL_S:
             return
         try:
+            safefile.check_trusted_path(self.textfile.parent)  # a dir swapped in since the last write
             safefile.write_atomic(self.textfile, self.text(), durable=False)
         except OSError as err:
             raise UsageError(f"runtime.metrics_textfile: cannot write: {safefile.describe(err)}") from None

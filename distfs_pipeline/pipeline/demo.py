@@ -40,6 +40,7 @@ from pathlib import Path
 import blake3
 
 from distfs_pipeline.core import safefile
+from distfs_pipeline.core.errors import UsageError
 from distfs_pipeline.core.store import LocalCasStore
 
 DEMO_VERSION = 2
@@ -74,8 +75,19 @@ def default_demo_root() -> Path:
 
 
 def ensure_demo_store(root: Path | None = None) -> Path:
-    """The demo store at `root` (default `default_demo_root()`), built if not yet complete."""
+    """The demo store at `root` (default `default_demo_root()`), built if not yet complete; a
+    problem with its dir is a `UsageError` naming the dir and what sets it."""
     root = (root or default_demo_root()).absolute()
+    try:
+        return _ensure_demo_store(root)
+    except OSError as err:
+        raise UsageError(
+            f"demo store {root}: {safefile.describe(err)} (it lives under XDG_CACHE_HOME, else "
+            "~/.cache; point that at a dir of your own, or audit a store: runtime.storage_root)"
+        ) from None
+
+
+def _ensure_demo_store(root: Path) -> Path:
     safefile.make_trusted_dirs(root.parent)  # a cache dir someone else can change: refused
     if os.path.islink(root):
         raise safefile.UnsafeFileError(errno.EPERM, "refusing to use it: it is a symbolic link", str(root))

@@ -79,7 +79,9 @@ def checked_run_job(run_job: Any) -> Any:
         bound = inspect.signature(run_job).bind(*args, **kwargs)
         config, dir_key = bound.arguments["config"], bound.arguments["job_dir_key"]
         subdir_key = bound.arguments.get("job_subdir_key")
-        check_job_dirs(*_planned_job_dir(config, dir_key, subdir_key), None)
+        job_dir, base = _planned_job_dir(config, dir_key, subdir_key)
+        check_job_dirs(job_dir, base, None)
+        safefile.make_trusted_dirs(job_dir)  # ours, 0755 whatever the umask (Hydra's mkdir: 0777 & ~umask)
         return run_job(*args, **kwargs)
 
     checked._distfs_checked = True  # type: ignore[attr-defined]

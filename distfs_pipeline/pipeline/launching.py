@@ -25,7 +25,6 @@ import copy
 import os
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -34,6 +33,7 @@ from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from distfs_pipeline.core import safefile
 from distfs_pipeline.core.errors import UsageError
 from distfs_pipeline.pipeline import hydra_files, stopping
 
@@ -191,7 +191,7 @@ def launch_precomposed(
     setup_globals()
     context = launcher.hydra_context
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    safefile.make_trusted_dirs(str(launcher.config.hydra.sweep.dir))
     options = dict(launcher.joblib)
     options["backend"] = "loky"
     process_joblib_cfg(options)

@@ -55,6 +55,7 @@ from distfs_pipeline.pipeline import (
     config,  # noqa: F401  (importing registers the structured-config schema)
     hydra_files,
     resolvers,  # noqa: F401  (importing registers ${distfs_run_id:}, which hydra.run.dir uses)
+    stopping,
 )
 from distfs_pipeline.pipeline.launching import (
     JOBLIB_LAUNCHER,
@@ -399,6 +400,7 @@ def _validate_sweep(
     saved = HydraConfig.instance().cfg
     try:
         for number, job in enumerate(jobs):
+            stopping.check(stopping.BEFORE_RUN)  # a signal while composing is honoured here
             swept = " ".join(choice for choice in job if choice.split("=", 1)[0] in swept_keys)
             try:
                 job_cfg = compose_job(job)

@@ -25,6 +25,7 @@ from types import FrameType
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_INTERRUPTED = 130
+BEFORE_RUN = "before the run started; nothing was run"
 ORPHAN_POLL_S = 0.5  # how soon a joblib worker whose driver died ends itself
 
 
@@ -123,6 +124,17 @@ def deferred() -> Iterator[None]:
         _state.deferred -= 1
 
 
+@contextlib.contextmanager
+def at_safe_points() -> Iterator[None]:
+    """Composing and validating (Hydra's and OmegaConf's code): a first signal is recorded, and
+    honoured at the next `check` (each job of a sweep, and the end). Raised in the middle of that
+    code, it could land in a `finally` that then fails on the half-built config, and the user
+    would see that error (a bogus config error, exit 2) instead of being stopped."""
+    with deferred():
+        yield
+    check(BEFORE_RUN)
+
+
 def check(where: str) -> None:
     """Raise `Interrupted` if a stop was requested (called where stopping loses nothing)."""
     if _state.requested is not None:
@@ -143,7 +155,7 @@ def _handle(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt  # second signal: stop now
     _state.requested = name
     if _state.deferred == 0:
-        raise Interrupted(f"interrupted by {name} before the run started; nothing was run")
+        raise Interrupted(f"interrupted by {name} {BEFORE_RUN}")
 
 
 def _forward(signum: int) -> None:
