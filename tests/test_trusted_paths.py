@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from distfs_pipeline.core import safefile
-from tests.test_app import cli_env, run_cli
+from tests.test_app import cli_env, run_cli, start_cli
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another user's dirs need root to make")
@@ -128,20 +128,9 @@ def test_the_demo_store_is_not_built_in_someone_elses_cache_dir(tmp_path: Path) 
 def test_joblib_workers_end_when_their_driver_is_killed(tmp_path: Path) -> None:
     """Out of the driver's process group (so a Ctrl-C reaches them once), the workers no longer
     die with it: they watch for being orphaned and end themselves."""
-    env = {**cli_env(tmp_path / "cache-home"), "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable,
-        "-m",
-        "distfs_pipeline",
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-    ]
-    command += ["runtime=wall", "runtime.rounds=0", "runtime.node_id=a,b", "runtime.progress=never"]
-    command += [f"hydra.sweep.dir={tmp_path / 'm'}"]
-    proc = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    joblib = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'm'}")
+    wall = ("runtime=wall", "runtime.rounds=0", "runtime.node_id=a,b", "runtime.progress=never")
+    proc = start_cli(tmp_path, tmp_path / "cache-home", "-m", *joblib, *wall)
     deadline = time.monotonic() + 120
     while not (
         (tmp_path / "m" / "0" / "rounds.jsonl").exists() and (tmp_path / "m" / "1" / "rounds.jsonl").exists()
