@@ -234,7 +234,7 @@ def _multirun(hydra_app: Any, config_name: str, args: Any) -> int:
             run_and_report(reraise)  # a failed job: Hydra's one-line report, exit 1 (summary at exit)
         start.finish()
         callbacks.on_multirun_end(config=cfg, config_name=config_name)
-    stopping.check("during the sweep; the jobs it cut short are marked interrupted")
+    stopping.check("during the sweep; any job it cut short is listed as interrupted")
     return EXIT_USAGE if _summary_not_written(callbacks) else 0
 
 

@@ -45,7 +45,10 @@ SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_PNG = "sweep_summary.png"
 INTERRUPTED = "interrupted"
 MAX_JOB_DEPTH = 8  # job dirs are `<sweep dir>/<subdir>`; deeper trees are not searched for jobs
-DIED = "job did not finish: no end was recorded (its worker died or was killed)"
+DIED = (
+    "job did not finish: no end was recorded (its worker died or was killed, e.g. when the sweep "
+    "ended on another job's failure)"
+)
 
 # Columns of the CSV and the printed table, in order; metric columns follow study.StudyMetrics.
 ID_COLUMNS = ("job", "status", "scenario", "overrides", "objective")
