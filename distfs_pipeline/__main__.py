@@ -68,8 +68,9 @@ def _dispatch(args: list[str]) -> int:
     if any(token in VERSION_FLAGS for token in args):
         print(version_text(), flush=True)
         return 0
-    from distfs_pipeline.app import main as app_main
-
+    with stopping.deferred():  # Hydra's import builds configs: a signal is honoured just after
+        from distfs_pipeline.app import main as app_main
+    stopping.check(stopping.BEFORE_RUN)
     return app_main(args)
 
 

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 preflight.preflight(argv, CONF_DIR)
             return _hydra_main(argv)
         main_dir = preflight._main_config_dir(args.config_path, CONF_DIR)
-        hydra_app = preflight.open_session(main_dir, args.config_dir)
+        with stopping.at_safe_points():  # Hydra's start builds configs, as composing does
+            hydra_app = preflight.open_session(main_dir, args.config_dir)
     except UsageError as err:
         return _usage(err)
     try:

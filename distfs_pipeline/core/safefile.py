@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import grp
 import json
 import os
+import pwd
 import secrets
 import stat
 from pathlib import Path
@@ -231,12 +234,28 @@ def _check_trusted_dir(path: Path, st: os.stat_result) -> None:
         raise _refuse(
             path, f"it is a directory owned by uid {st.st_uid}, who could replace what is in it{_FIX}"
         )
-    group_can = st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid())  # our own group: fine
+    group_can = st.st_mode & stat.S_IWGRP and not _group_is_ours(st.st_gid)
     if (group_can or st.st_mode & stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
         who = "everyone" if st.st_mode & stat.S_IWOTH else f"group {st.st_gid}"
         raise _refuse(
             path, f"{who} can write to this directory (mode {st.st_mode & 0o7777:o}, not sticky){_FIX}"
         )
+
+
+@functools.cache
+def _group_is_ours(gid: int) -> bool:
+    """A group only we are in (ours, or root's, with no other member listed in the group or
+    passwd databases): its write bit lets no one else in, as with umask 002 on a system with a
+    group per user. Members the databases do not list (NSS without enumeration) are not seen."""
+    if gid not in (0, os.getegid()):
+        return False
+    me = {0, os.geteuid()}
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        members = set()
+    others = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid or p.pw_name in members}
+    return others <= me
 
 
 def make_trusted_dirs(directory: Path | str) -> None:

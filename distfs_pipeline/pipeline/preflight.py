@@ -197,7 +197,13 @@ def check_job_files(settings: Any, run_dir: Path, dir_key: str) -> Path:
         cache_key,
     )
     textfile = rt.metrics_textfile
-    written = ((state_key, state_path), (cache_key, cache_dir), ("runtime.metrics_textfile", textfile))
+    default_cache = "probe.chunk_cache_dir (its default is under XDG_CACHE_HOME, else ~/.cache)"
+    trusted_cache_key = "probe.chunk_cache_dir" if probe.chunk_cache_dir is not None else default_cache
+    written = (
+        (state_key, state_path),
+        (trusted_cache_key, cache_dir),
+        ("runtime.metrics_textfile", textfile),
+    )
     for key, path in written:
         try:
             if path is not None:
