@@ -342,6 +342,7 @@ class ChunkedReader(_BlobAccess):
         # window's check reads and checksums stay close to the window even with large chunks.
         self.piece = min(chunk_size, CHECKSUM_PIECE_BYTES)
         self.cache_dir = cache_dir / f"chunks-{chunk_size}" if cache_dir is not None else None
+        self._cache_root_ready = False  # `_make_cache_dirs` checked the cache root in this reader
         self.full_verify_every = full_verify_every
         self.full_verify_interval_ns = full_verify_interval_ms * 1_000_000
         self.clock_ns = clock_ns
@@ -766,12 +767,22 @@ class ChunkedReader(_BlobAccess):
             return None
         return entry if entry.key == key else None
 
+    def _make_cache_dirs(self, directory: Path) -> None:
+        """The cache's own dirs for a new file: the cache root made through trusted dirs only once
+        per reader (`safefile.make_trusted_dirs`, a few dozen system calls), then the subdirs
+        below it as real dirs (a first check of each blob writes a file: this is per round)."""
+        assert self.cache_dir is not None
+        if not self._cache_root_ready:
+            safefile.make_trusted_dirs(self.cache_dir)
+            self._cache_root_ready = True
+        safefile.make_real_dirs(self.cache_dir, directory)
+
     def _write_cache_file(self, entry: ChunkEntry) -> None:
         path = self._cache_path(entry.content_hash)
         if path is None:
             return
         try:
-            safefile.make_trusted_dirs(path.parent)
+            self._make_cache_dirs(path.parent)
             safefile.write_atomic(path, encode_cache_file(entry), durable=False)
         except (OSError, safefile.UnsafeFileError) as exc:
             # The cache only saves I/O; the verified entry is still used from memory.

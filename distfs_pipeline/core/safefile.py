@@ -28,8 +28,11 @@ import os
 import pwd
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from distfs_pipeline.core.errors import UsageError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -256,6 +259,44 @@ def _group_is_ours(gid: int) -> bool:
         members = set()
     others = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid or p.pw_name in members}
     return others <= me
+
+
+def check_own_dir(path: Path | str) -> None:
+    """`path`, where it exists, is a directory itself (not a link to one), and nobody else can
+    redirect the way to it (`check_trusted_path`): a dir we are about to write our files into."""
+    check_trusted_path(path)
+    if os.path.lexists(path):
+        check_real_dir(path)
+
+
+def check_writable_file(path: Path | str) -> None:
+    """A file that something else opens for us (a log handler, SQLite): the way to it is trusted
+    (`check_trusted_path`) and it is absent or a plain single-link file (`check_single_file`)."""
+    check_trusted_path(path)
+    check_single_file(path)
+
+
+@contextlib.contextmanager
+def refused_as(key: str) -> Iterator[None]:
+    """Checks of what the setting `key` names: an `OSError` becomes the one-line `UsageError`
+    `<key>: <file>: <reason>` (exit status 2)."""
+    try:
+        yield
+    except OSError as err:
+        raise UsageError(f"{key}: {describe(err)}") from None
+
+
+def make_real_dirs(base: Path, target: Path) -> None:
+    """Create each directory from `base` (a dir already trusted) down to `target`; one that
+    exists must be a real directory, not a link. Cheaper than `make_trusted_dirs` for the dirs a
+    tool makes under its own: nobody else can add entries there."""
+    current = base
+    for part in target.relative_to(base).parts:
+        current = current / part
+        try:
+            os.mkdir(current, 0o755)
+        except FileExistsError:
+            check_real_dir(current)
 
 
 def make_trusted_dirs(directory: Path | str) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from distfs_pipeline.core import safefile
-from distfs_pipeline.core.errors import UsageError
 
 JOB_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into `.hydra/`
 SWEEP_FILE = "multirun.yaml"
@@ -47,8 +46,7 @@ def _guarded_configure_log(configure_log: Any) -> Any:
 
     def guarded(log_config: Any, *args: Any, **kwargs: Any) -> Any:
         for path in log_files(log_config):
-            safefile.check_trusted_path(path)
-            safefile.check_single_file(path)
+            safefile.check_writable_file(path)
         return configure_log(log_config, *args, **kwargs)
 
     guarded._distfs_guarded = True  # type: ignore[attr-defined]
@@ -129,7 +127,7 @@ def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
     `output_dir` (`<job dir>/.hydra`) made of real directories and no link followed."""
     job_dir, base = _job_dir(output_dir)
     check_job_dirs(job_dir, base, None)
-    make_real_dirs(job_dir, output_dir)
+    safefile.make_real_dirs(job_dir, output_dir)
     safefile.write_atomic(output_dir / filename, OmegaConf.to_yaml(cfg).encode(), durable=False)
 
 
@@ -185,54 +183,33 @@ def _job_dir(output_dir: Path) -> tuple[Path, Path | None]:
     return (job_dir if output_dir.is_relative_to(job_dir) else output_dir.parent), base
 
 
-def make_real_dirs(base: Path, target: Path) -> None:
-    """Create each directory from `base` (a real dir) down to `target`; one that exists must be a
-    real directory, not a link."""
-    current = base
-    for part in target.relative_to(base).parts:
-        current = current / part
-        try:
-            os.mkdir(current, 0o755)
-        except FileExistsError:
-            safefile.check_real_dir(current)
-
-
 def check_before_run(job_dir: Path, base: Path | None, output_subdir: str | None, key: str) -> None:
     """Before any job runs: refuse what is already planted where Hydra will write a job's files
     (see `check_job_dirs`; and a link, FIFO or directory at one of its `.hydra/` files), as one
     line naming `key`. The writes themselves check again (see `save_config`)."""
-    try:
+    with safefile.refused_as(key):
         check_job_dirs(job_dir, base, output_subdir)
         for name in JOB_FILES if output_subdir else ():
             safefile.check_replaceable(job_dir / str(output_subdir) / name)
-    except OSError as err:
-        raise UsageError(f"{key}: {safefile.describe(err)}") from None
 
 
 def check_log_files(log_config: Any, key: str) -> None:
     """Before any job runs: the files the job's log handlers will append to (see
     `_guarded_configure_log`), as one line naming `key`."""
-    try:
+    with safefile.refused_as(key):
         for path in log_files(log_config):
-            safefile.check_trusted_path(path)
-            safefile.check_single_file(path)
-    except OSError as err:
-        raise UsageError(f"{key}: {safefile.describe(err)}") from None
+            safefile.check_writable_file(path)
 
 
 def check_sweep_file(sweep_dir: Path, key: str) -> None:
     """Before any job runs: the sweep dir is a real directory (where it exists) reached by no link
     someone else planted, and nothing is planted at its `multirun.yaml`."""
-    try:
+    with safefile.refused_as(key):
         check_sweep_dir(sweep_dir)
         safefile.check_replaceable(sweep_dir / SWEEP_FILE)
-    except OSError as err:
-        raise UsageError(f"{key}: {safefile.describe(err)}") from None
 
 
 def check_sweep_dir(sweep_dir: Path) -> None:
     """As an `OSError`: the sweep dir, where it exists, is a real directory, and no component of
     its path is a link someone else planted."""
-    safefile.check_trusted_path(sweep_dir)
-    if os.path.lexists(sweep_dir):
-        safefile.check_real_dir(sweep_dir)
+    safefile.check_own_dir(sweep_dir)

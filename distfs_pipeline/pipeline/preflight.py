@@ -205,11 +205,9 @@ def check_job_files(settings: Any, run_dir: Path, dir_key: str) -> Path:
         ("runtime.metrics_textfile", textfile),
     )
     for key, path in written:
-        try:
-            if path is not None:
+        if path is not None:
+            with safefile.refused_as(key):
                 safefile.check_trusted_path(path)  # a dir someone else can change: refused now
-        except OSError as err:
-            raise UsageError(f"{key}: {safefile.describe(err)}") from None
     return state_path
 
 
@@ -248,10 +246,8 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
     if not isinstance(value, str) or not value:
         return
     path = Path(value).absolute()
-    try:
+    with safefile.refused_as(key):
         safefile.check_trusted_path(path)  # e.g. outputs/<date> planted as a link in a shared cwd
-    except OSError as err:
-        raise UsageError(f"{key}: {safefile.describe(err)}") from None
     blocker = next((p for p in (path, *path.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         where = "is" if blocker == path else f"is inside {blocker}, which is"
@@ -279,12 +275,9 @@ def _check_sweeper_storage(cfg: DictConfig) -> None:
         return
     if not isinstance(storage, str) or not storage.startswith("sqlite:///"):
         return
-    path = Path(os.path.abspath(storage.removeprefix("sqlite:///")))
-    try:
-        safefile.check_trusted_path(path)
-        safefile.check_single_file(path)
-    except OSError as err:
-        raise UsageError(f"hydra.sweeper.storage: {safefile.describe(err)}") from None
+    path = Path(storage.removeprefix("sqlite:///")).absolute()  # as SQLite opens it: `..` kept
+    with safefile.refused_as("hydra.sweeper.storage"):
+        safefile.check_writable_file(path)
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:

@@ -193,11 +193,7 @@ class SweepSummary(Callback):
         Never raises (Hydra would turn it into a warning and exit 0): a file that could not be
         written is one line on stderr and kept in `not_written`, which the driver turns into its
         exit status (see `app._multirun`)."""
-        try:
-            rows = summary_rows(sweep_dir, self._expected)
-            missing = write_summary_files(sweep_dir, rows, plot=self.plot)
-        except Exception as exc:  # whatever a job dir holds: never a warning and exit 0
-            rows, missing = [], [f"{sweep_dir}: {type(exc).__name__}: {exc}"]
+        rows, missing = summarize(sweep_dir, self._expected, plot=self.plot)
         if self.print_table and rows:
             print(format_table(rows), flush=True)
         if missing:
@@ -358,11 +354,23 @@ def write_summary(sweep_dir: Path, *, plot: bool = True) -> list[dict[str, Any]]
     Every file is attempted; if any could not be written (a link or FIFO planted in a shared sweep
     dir is refused, a full disk), `SummaryNotWritten` names each one after the others are written.
     """
-    rows = summary_rows(sweep_dir)
-    missing = write_summary_files(sweep_dir, rows, plot=plot)
+    rows, missing = summarize(sweep_dir, None, plot=plot)
     if missing:
         raise SummaryNotWritten(not_written_message(missing))
     return rows
+
+
+def summarize(
+    sweep_dir: Path, job_dirs: Sequence[Path] | None, *, plot: bool
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows (`summary_rows`) and why each summary file not written was not; never raises:
+    whatever a job dir holds is a row or a reason, never a warning and exit 0 (Hydra's callbacks)
+    nor a traceback (the `sweep` command)."""
+    try:
+        rows = summary_rows(sweep_dir, job_dirs)
+        return rows, write_summary_files(sweep_dir, rows, plot=plot)
+    except Exception as exc:
+        return [], [f"{sweep_dir}: {type(exc).__name__}: {exc}"]
 
 
 def summary_rows(sweep_dir: Path, job_dirs: Sequence[Path] | None = None) -> list[dict[str, Any]]:
@@ -394,8 +402,7 @@ def _relative(job_dir: Path, sweep_dir: Path) -> Path:
 def write_summary_files(sweep_dir: Path, rows: list[dict[str, Any]], *, plot: bool) -> list[str]:
     """Write the CSV, the JSON and (with `plot`) the PNG; returns why each one not written was not."""
     try:  # a sweep dir swapped for a link mid-sweep: nothing is written through it
-        safefile.check_trusted_path(sweep_dir)
-        safefile.check_real_dir(sweep_dir)
+        safefile.check_own_dir(sweep_dir)
     except OSError as err:
         return [f"{safefile.describe(err)} (no summary file written)"]
     columns = [*ID_COLUMNS, *METRIC_COLUMNS, *FRONT_COLUMNS, "error", "job_dir"]
@@ -868,11 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
-    try:
-        rows = summary_rows(args.sweep_dir)
-        missing = write_summary_files(args.sweep_dir, rows, plot=not args.no_plot)
-    except Exception as exc:
-        rows, missing = [], [f"{args.sweep_dir}: {type(exc).__name__}: {exc}"]
+    rows, missing = summarize(args.sweep_dir, None, plot=not args.no_plot)
     print(format_table(rows))
     if missing:
         print(f"distfs_pipeline: error: {not_written_message(missing, 'SWEEP_DIR')}", file=sys.stderr)
