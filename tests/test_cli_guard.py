@@ -19,7 +19,16 @@ from typing import Any
 import pytest
 
 from distfs_pipeline.core.store import LocalCasStore
-from tests.test_app import TIMEOUT_S, cli_env, read_jsonl, run_cli, start_cli, summary_of, wait_for_rounds
+from tests.test_app import (
+    ROOT,
+    TIMEOUT_S,
+    cli_env,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    summary_of,
+    wait_for_rounds,
+)
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +400,40 @@ def test_ctrl_c_during_joblib_jobs_reaches_each_worker_once(
         assert rows and all(r["status"] == "interrupted" for r in rows), rows
         for job in ("0", "1"):
             assert summary_of(sweep_dir / job)["stopped_by"] == "signal SIGINT"
+
+
+# --- no third-party code in the validation ---------------------------------------------------------
+
+
+def test_a_pydantic_plugin_on_the_path_is_never_imported(tmp_path: Path, cache_home: Path) -> None:
+    """pydantic imports every `pydantic` entry point of every distribution on `sys.path` into the
+    models it builds; a dist-info left in a dir on the path must not run code in a root run."""
+    site = tmp_path / "site"
+    info = site / "planted-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: planted\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pydantic]\nplanted = planted_plugin:plugin\n")
+    marker = tmp_path / "plugin-was-imported"
+    (site / "planted_plugin.py").write_text(f"open({str(marker)!r}, 'w').close()\nplugin = None\n")
+    env = {**cli_env(cache_home), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}"}
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    model = "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int = 0\n"
+    subprocess.run(
+        [sys.executable, "-c", model], env=env, capture_output=True, timeout=TIMEOUT_S, check=False
+    )
+    assert marker.exists(), "the planted plugin is not seen by pydantic: this test proves nothing"
+    marker.unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "distfs_pipeline", "runtime.rounds=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
 
 
 # --- stdout closed, run dir full or read-only -----------------------------------------------------
