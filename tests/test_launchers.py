@@ -269,3 +269,72 @@ def test_optuna_trials_on_the_joblib_launcher(tmp_path: Path, cache_home: Path) 
     assert done.returncode == 0, done.stderr[-4000:]
     data = summary(tmp_path)
     assert (data["jobs"], data["completed"]) == (2, 2)
+
+
+# --- joblib's last wave: the returns in job order, the idle core used for the summary's imports ------
+
+
+def test_joblib_returns_come_back_in_job_order_and_the_idle_hook_fires_once() -> None:
+    from distfs_pipeline.pipeline.launching import in_job_order
+
+    seen: list[int] = []
+    arrived: list[int] = []
+
+    def finished() -> Any:
+        for idx in (3, 0, 4, 1, 2):  # the order the jobs happen to end in
+            arrived.append(idx)
+            yield idx, f"return {idx}"
+
+    runs = in_job_order(finished(), 5, 2, lambda: seen.append(len(arrived)))
+    assert runs == [f"return {i}" for i in range(5)]
+    assert seen == [4]  # one job left on 2 workers: one worker idle until the end
+
+
+def test_the_idle_hook_fires_at_once_when_there_are_fewer_jobs_than_workers() -> None:
+    from distfs_pipeline.pipeline.launching import in_job_order
+
+    seen: list[str] = []
+    assert in_job_order(iter([(0, "only")]), 1, 2, lambda: seen.append("idle")) == ["only"]
+    assert seen == ["idle"]
+
+
+def test_a_missing_joblib_return_is_an_error_not_a_hole() -> None:
+    from distfs_pipeline.pipeline.launching import in_job_order
+
+    with pytest.raises(RuntimeError, match="1 results for 2 jobs"):
+        in_job_order(iter([(1, "second")]), 2, 2, lambda: None)
+
+
+def test_a_failing_prepare_hook_does_not_stop_the_others() -> None:
+    from distfs_pipeline.pipeline.launching import prepare_for_end
+
+    calls: list[str] = []
+
+    class Broken:
+        def prepare_for_end(self) -> None:
+            calls.append("broken")
+            raise OSError("no font cache")
+
+    class Fine:
+        def prepare_for_end(self) -> None:
+            calls.append("fine")
+
+    class Callbacks:  # Hydra's holds its callbacks in `.callbacks`
+        def __init__(self) -> None:
+            self.callbacks = [Broken(), object(), Fine()]
+
+    prepare_for_end(Callbacks())
+    assert calls == ["broken", "fine"]
+
+
+@pytest.mark.parametrize(("plot", "imported"), [(True, True), (False, False)])
+def test_the_summary_prepares_its_plot_only_when_it_draws_one(plot: bool, imported: bool) -> None:
+    probe = (
+        "import sys\n"
+        "from distfs_pipeline.studies.sweep import SweepSummary\n"
+        f"SweepSummary(plot={plot}).prepare_for_end()\n"
+        "print('matplotlib.pyplot' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(imported)

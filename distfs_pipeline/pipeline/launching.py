@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -133,9 +133,7 @@ class WorkerWarmup:
             _start_resource_trackers()  # starting one unblocks SIGINT and SIGTERM in this thread
             stopping.block_for_workers()  # so workers (and loky's threads) start with them blocked
 
-            n_jobs = int(options.get("n_jobs") or 1)
-            workers = (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
-            Parallel(**options)(delayed(warm)() for _ in range(max(1, workers)))
+            Parallel(**options)(delayed(warm)() for _ in range(worker_count(options)))
         except Exception:
             return
 
@@ -149,6 +147,12 @@ class WorkerWarmup:
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
+def worker_count(options: dict[str, Any]) -> int:
+    """How many workers `Parallel(**options)` runs (`n_jobs`; a negative one counts from the CPUs)."""
+    n_jobs = int(options.get("n_jobs") or 1)
+    return max(1, (os.cpu_count() or 1) + 1 + n_jobs if n_jobs < 0 else n_jobs)
 
 
 def release_workers() -> None:
@@ -207,14 +211,54 @@ def launch_precomposed(
         configs.append(context.config_loader.load_sweep_config(launcher.config, list(overrides)))
     worker_context = HydraContext(config_loader=context.config_loader.inner, callbacks=context.callbacks)
     singleton_state = Singleton.get_state()
-    runs = Parallel(**options)(
-        delayed(execute_precomposed)(
-            initial_job_idx + idx, job_cfg, worker_context, launcher.task_function, singleton_state
+    tasks = (
+        delayed(_numbered)(
+            idx, initial_job_idx + idx, job_cfg, worker_context, launcher.task_function, singleton_state
         )
         for idx, job_cfg in enumerate(configs)
     )
-    assert isinstance(runs, list)
-    return runs
+    finished = Parallel(**options, return_as="generator_unordered")(tasks)
+    return in_job_order(
+        finished, len(configs), worker_count(options), lambda: prepare_for_end(context.callbacks)
+    )
+
+
+def in_job_order(
+    finished: Iterable[tuple[int, JobReturn]], count: int, workers: int, on_idle: Callable[[], None]
+) -> list[JobReturn]:
+    """The jobs' returns in job order, from (place, return) pairs in the order the jobs finish;
+    `on_idle` is called once, as soon as fewer jobs are left than there are workers."""
+    runs: list[JobReturn | None] = [None] * count
+    left = count
+    if left < workers:
+        on_idle()
+    for idx, ret in finished:
+        runs[idx] = ret
+        left -= 1
+        if left == workers - 1:
+            on_idle()
+    if left or any(ret is None for ret in runs):
+        raise RuntimeError(f"joblib returned {count - left} results for {count} jobs")
+    return runs  # type: ignore[return-value]
+
+
+def prepare_for_end(callbacks: Any) -> None:
+    """Every job left is running and a worker has none: callbacks with a `prepare_for_end()` get
+    to do their end-of-sweep set-up now, on the idle core, instead of after the last job (the
+    summary imports matplotlib, about half a second of a 9-job sweep's serial end, measured
+    here). Only an optimization: an error is left for the end, which does the same work again."""
+    for callback in getattr(callbacks, "callbacks", None) or ():
+        prepare = getattr(callback, "prepare_for_end", None)
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception:
+                continue
+
+
+def _numbered(idx: int, *args: Any) -> tuple[int, JobReturn]:
+    """`execute_precomposed` tagged with the job's place, since results arrive as jobs finish."""
+    return idx, execute_precomposed(*args)
 
 
 def execute_precomposed(

@@ -176,6 +176,12 @@ class SweepSummary(Callback):
         self._pending = Path(str(config.hydra.sweep.dir)).absolute()
         atexit.register(self._write_if_pending)
 
+    def prepare_for_end(self) -> None:
+        """The launcher's word that a core is idle until the last job ends (joblib's last wave:
+        see `launching.prepare_for_end`): import what the plot needs now, not after that job."""
+        if self.plot:
+            import_plotting()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self._pending or Path(str(config.hydra.sweep.dir)).absolute()
         self._pending = None
@@ -471,8 +477,7 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     Hydra start) stays cheap. The PNG is rendered in memory and written through `safefile` (a
     link or FIFO planted at `path` in a shared sweep dir is refused, not followed).
     """
-    import matplotlib.pyplot as plt
-
+    plt = import_plotting()
     fig = build_figure(rows)
     png = io.BytesIO()  # matplotlib would open `path` itself: following a planted link, truncating
     fig.savefig(png, format="png", dpi=110)
@@ -493,11 +498,7 @@ def build_figure(rows: Sequence[dict[str, Any]]) -> Any:
     - No completed job: the failed jobs and their errors.
     Job numbers, when drawn, are placed where they overlap no other text (else left to the CSV).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_plotting()
     done = [r for r in rows if r["status"] == "completed"]
     if any(_by_scenario(done, latency) for latency, _, _ in _AXES):
         fig = _study_figure(plt, rows)
@@ -506,6 +507,17 @@ def build_figure(rows: Sequence[dict[str, Any]]) -> Any:
     else:
         fig = _failed_figure(plt, rows)
     return fig
+
+
+def import_plotting() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (about half a second to import, so only
+    when a plot is drawn or about to be)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _study_figure(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
