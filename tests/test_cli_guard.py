@@ -436,6 +436,24 @@ def test_a_pydantic_plugin_on_the_path_is_never_imported(tmp_path: Path, cache_h
     assert not marker.exists()
 
 
+def test_the_root_safe_starts_import_nothing_from_the_working_dir(tmp_path: Path, cache_home: Path) -> None:
+    """README: as root in a dir others can write, `python -P -m` (or the console script) is safe,
+    while plain `python -m` puts that dir first on the import path (the control)."""
+    marker = tmp_path / "yaml-was-imported"
+    (tmp_path / "yaml.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    run = ["runtime.rounds=1", "runtime.progress=never"]
+    plain = [sys.executable, "-m", "distfs_pipeline", *run, f"hydra.run.dir={tmp_path / 'plain'}"]
+    subprocess.run(plain, cwd=tmp_path, env=cli_env(cache_home), capture_output=True, timeout=TIMEOUT_S)
+    assert marker.exists(), "plain python -m no longer imports from the working dir: drop the README note"
+    marker.unlink()
+    safe = [sys.executable, "-P", "-m", "distfs_pipeline", *run, f"hydra.run.dir={tmp_path / 'safe'}"]
+    done = subprocess.run(
+        safe, cwd=tmp_path, env=cli_env(cache_home), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
 # --- stdout closed, run dir full or read-only -----------------------------------------------------
 
 
