@@ -9,8 +9,10 @@ app (about half a second) only once the driver has finished validating. So:
 - `check_sweep` composes each job exactly as the launcher will, through `ReusingConfigLoader`
   (`load_sweep_config` with the same master config and the same overrides), and the launcher is
   handed those configs: the basic launcher through the loader; the joblib launcher through
-  `launch_precomposed`, which is the joblib launcher's own `launch` with one change: each task
-  carries its job's config (about 23 KB pickled) instead of composing it again in the worker.
+  `launch_precomposed`, which is the joblib launcher's own `launch` with two changes: each task
+  carries its job's config (about 23 KB pickled) instead of composing it again in the worker, and
+  the results are taken as jobs finish, so that in the last wave the driver prepares the sweep's
+  end (the summary's imports) on the core that wave leaves idle (`prepare_for_end`).
 - `WorkerWarmup` starts the joblib launcher's workers, in a thread, as soon as the base config
   names the launcher, so they import while the driver validates the jobs; joblib's `Parallel`
   reuses a running executor with the same settings, so the jobs land on these workers.
