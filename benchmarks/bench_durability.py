@@ -88,10 +88,20 @@ def app_per_round_s(base: Path, store: Path, short: int, long: int, durability: 
     return (t_long - t_short) / (long - short)
 
 
+def floor_body(record: dict[str, Any]) -> dict[str, Any]:
+    """The round record as the floor appends it: without what only the state file carries."""
+    return {k: v for k, v in record.items() if k not in ("state_after", "crc32", "state_id")}
+
+
+def new_log(path: Path) -> int:
+    """A new append-only file of ours (never an existing one, never through a link)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+
+
 def floor_per_round_s(base: Path, record: dict[str, Any], rounds: int, tag: str) -> float:
     """One appended JSON line of the round record + one fdatasync, per round."""
-    body = {k: v for k, v in record.items() if k not in ("state_after", "crc32", "state_id")}
-    fd = os.open(base / f"floor-{tag}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    body = floor_body(record)
+    fd = new_log(base / f"floor-{tag}.jsonl")
     try:
         start = time.perf_counter()
         for n in range(rounds):
@@ -110,13 +120,13 @@ def overlap_floor_per_round_s(
     as the app runs it (`AsyncDatasync`), overlapped with `cpu_s` of plain CPU work (JSON encoding
     calibrated to take `cpu_s` while no sync is in flight). Where this is above max(floor, CPU),
     the machine itself slows CPU that runs during a sync."""
-    body = {k: v for k, v in record.items() if k not in ("state_after", "crc32", "state_id")}
+    body = floor_body(record)
     calibration = 2000
     start = time.perf_counter()
     for _ in range(calibration):
         json.dumps(body)
     reps = max(1, round(cpu_s / ((time.perf_counter() - start) / calibration)))
-    fd = os.open(base / f"overlap-{tag}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = new_log(base / f"overlap-{tag}.jsonl")
     syncer = AsyncDatasync()
     try:
         start = time.perf_counter()

@@ -442,8 +442,7 @@ def test_the_root_safe_starts_import_nothing_from_the_working_dir(tmp_path: Path
     marker = tmp_path / "yaml-was-imported"
     (tmp_path / "yaml.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     run = ["runtime.rounds=1", "runtime.progress=never"]
-    plain = [sys.executable, "-m", "distfs_pipeline", *run, f"hydra.run.dir={tmp_path / 'plain'}"]
-    subprocess.run(plain, cwd=tmp_path, env=cli_env(cache_home), capture_output=True, timeout=TIMEOUT_S)
+    run_cli(tmp_path, cache_home, *run, f"hydra.run.dir={tmp_path / 'plain'}")  # plain python -m
     assert marker.exists(), "plain python -m no longer imports from the working dir: drop the README note"
     marker.unlink()
     safe = [sys.executable, "-P", "-m", "distfs_pipeline", *run, f"hydra.run.dir={tmp_path / 'safe'}"]
